@@ -9,13 +9,8 @@ import sys
 
 __all__ = ["main"]
 
-# sub-command name -> module under moonpipe.commands
-_COMMANDS = {
-    "serve": "serve",
-    "checkpoint": "checkpoint",
-    "golden-check": "golden",
-    "bench": "bench",
-}
+# modules under moonpipe.commands, each registering its own sub-command(s)
+_COMMANDS = ("serve", "checkpoint", "golden", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="moonpipe: pipelined Moondream serving on Triton. See README.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in _COMMANDS.items():
+    for module in _COMMANDS:
         try:
             mod = importlib.import_module(f"moonpipe.commands.{module}")
         except ModuleNotFoundError as exc:

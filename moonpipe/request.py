@@ -142,6 +142,7 @@ class Result:
     num_input_tokens: int = 0
     num_output_tokens: int = 0
     timings: Timings | None = None
+    error: str = ""  # why finish_reason is "error" when the output itself was unusable
 
 
 class Sink(Protocol):

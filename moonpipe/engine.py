@@ -1,0 +1,192 @@
+"""Engine: the public face of moonpipe's engine package (no Triton anywhere).
+
+Threads::
+
+    caller(s)        submit(): validate, decode + crop the image, tokenise -> inbox
+    scheduler        owns every mutable structure; the tick (scheduler/scheduler.py)
+    compute worker   CPU only: runs forwards/sampling in order (runtime/streams.py)
+    copy worker      CPU only: device->host copies
+    output           detokenise, post-process, call the Sink (output.py)
+
+Every submitted request gets exactly one ``on_result`` or ``on_error``: normal end,
+cancellation (``finish_reason == "cancelled"``), a failed step, shutdown, or a crashed
+scheduler thread (``ready`` turns False and pending requests get ``EngineStopped``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from moonpipe.config import EngineConfig, ModelConfig
+from moonpipe.errors import (
+    CheckpointError,
+    EngineStopped,
+    InvalidRequest,
+    QueueFull,
+    RequestTooLarge,
+)
+from moonpipe.model.image import decode_image, overlap_crops
+from moonpipe.model.moondream import MoondreamModel
+from moonpipe.model.tokenizer import Tokenizer
+from moonpipe.model.weights import load_model
+from moonpipe.output import OutputProcessor
+from moonpipe.request import Request, Sink, Timings
+from moonpipe.runtime.kv_cache import pages_needed
+from moonpipe.runtime.runner import ModelRunner, image_key
+from moonpipe.scheduler.scheduler import Command, Scheduler
+from moonpipe.scheduler.sequence import Sequence
+from moonpipe.skills import SkillSet, sampling_defaults
+from moonpipe.telemetry import EngineStats, StepTotals, Telemetry
+
+__all__ = ["Engine", "EngineStats"]
+
+log = logging.getLogger("moonpipe.engine")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Engine:
+    """Load a checkpoint, start the scheduler, serve requests (see module docstring)."""
+
+    def __init__(self, config: EngineConfig, *, model: MoondreamModel | None = None,
+                 tokenizer: Tokenizer | None = None, model_config: ModelConfig | None = None) -> None:
+        """Build from ``config.checkpoint``; or from an in-memory ``model`` + ``tokenizer`` +
+        ``model_config`` (benchmarks with random full-size weights)."""
+        self.config = config
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("EngineConfig.device is 'cuda' but no CUDA device is available")
+        if model is None:
+            if not config.checkpoint:
+                raise ValueError("EngineConfig.checkpoint: a checkpoint directory is required")
+            ckpt = Path(config.checkpoint)
+            if not ckpt.is_dir():
+                raise CheckpointError(f"checkpoint directory {ckpt} does not exist")
+            model_config = ModelConfig.from_dir(ckpt)
+            tokenizer = Tokenizer.from_file(ckpt)
+            model = load_model(ckpt, dtype=_DTYPES[config.dtype], device=device)
+        if tokenizer is None or model_config is None:
+            raise ValueError("Engine: pass model, tokenizer and model_config together")
+        model.eval()
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.skills = SkillSet(tokenizer, model_config.tokenizer)
+        masks = self.skills.vocab_masks
+        self._mask_index = {m.name: i for i, m in enumerate(masks, start=1)}
+        self.telemetry = Telemetry()
+        self.runner = ModelRunner(model, model_config, config, masks)
+        self.output = OutputProcessor(tokenizer)
+        self._lock = threading.Lock()
+        self._active: set[str] = set()
+        self._ids = itertools.count()
+        self._accepting = True
+        self._alive = True
+        self.scheduler = Scheduler(self.runner, self.output, self.telemetry, config.pipeline_depth,
+                                   on_final=self._forget_request)
+        self._thread = threading.Thread(target=self._run, name="moonpipe-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- public
+    @property
+    def ready(self) -> bool:
+        return self._alive and self._accepting and self._thread.is_alive()
+
+    def submit(self, request: Request, sink: Sink) -> None:
+        """Validate and queue ``request``; raises before queuing anything if it is bad."""
+        if not self.ready:
+            raise EngineStopped("UNAVAILABLE: the engine is not accepting requests")
+        seq = self._prepare(request, sink)
+        with self._lock:  # the same lock orders this put before a crash/stop drains the inbox
+            if not (self._alive and self._accepting):
+                raise EngineStopped("UNAVAILABLE: the engine is not accepting requests")
+            if request.request_id in self._active:
+                raise InvalidRequest(f"request id {request.request_id!r} is already in flight")
+            if len(self._active) >= self.config.max_queue + self.config.max_batch_size:
+                raise QueueFull(f"UNAVAILABLE: {len(self._active)} requests in flight; retry later")
+            self._active.add(request.request_id)
+            self.telemetry.count_request(submitted=1, prompt_tokens=seq.num_prompt_tokens)
+            self.scheduler.inbox.put(Command("submit", seq=seq))
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request (idempotent): it ends with finish_reason 'cancelled'."""
+        self.scheduler.inbox.put(Command("abort", request_id=request_id))
+
+    def stats(self) -> EngineStats:
+        return self.telemetry.snapshot(ready=self.ready, pipeline_depth=self.config.pipeline_depth,
+                                       **self.scheduler.live_counts())
+
+    def reset_step_totals(self) -> StepTotals:
+        """Return and reset cumulative decode-step totals (for benchmarks)."""
+        return self.telemetry.reset_totals()
+
+    def set_fault_hook(self, hook: object) -> None:
+        """Test-only: ``hook(kind, seq_slots)`` runs inside every forward; raising fails that step."""
+        self.runner.fault_hook = hook  # type: ignore[assignment]
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop accepting, end every pending request (EngineStopped), join threads."""
+        with self._lock:
+            if not self._accepting:
+                return
+            self._accepting = False
+        self.scheduler.inbox.put(Command("stop"))
+        self._thread.join(timeout=timeout)
+        self.output.close(timeout=timeout)
+        self.runner.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # --------------------------------------------------------------- private
+    def _prepare(self, request: Request, sink: Sink) -> Sequence:
+        cfg, text = self.config, self.model_config.text
+        if len(request.image) > cfg.max_image_bytes:
+            raise InvalidRequest(f"IMAGE: {len(request.image)} bytes is over the limit of {cfg.max_image_bytes}")
+        image = decode_image(bytes(request.image), max_pixels=cfg.max_image_pixels)
+        crops, tiling = overlap_crops(image, self.model_config.vision.max_crops)
+        constraint = self.skills.make_constraint(request, self._mask_index,
+                                                 max_prompt_tokens=cfg.max_prompt_tokens)
+        temperature, top_p, max_tokens, _ = sampling_defaults(request)
+        prompt_ids = tuple(constraint.prompt_ids)
+        prefix = 730 + len(prompt_ids)
+        room = text.max_context - prefix - 1
+        if room < 1:
+            raise RequestTooLarge(f"PROMPT: {len(prompt_ids)} tokens leave no room in the {text.max_context}-token context")
+        max_outputs = min(max_tokens, room)
+        num_positions = prefix + max_outputs + 1
+        if pages_needed(num_positions, cfg.kv_page_size) > self.runner.kv.allocator.capacity:
+            raise RequestTooLarge(
+                f"MAX_TOKENS: this request needs {num_positions} KV positions but the whole pool holds "
+                f"{self.runner.kv.allocator.capacity * cfg.kv_page_size}; lower MAX_TOKENS"
+            )
+        return Sequence(
+            seq_id=next(self._ids), request=request, sink=sink, constraint=constraint,
+            prompt_ids=prompt_ids, crops=crops, tiling=tiling, image_key=image_key(bytes(request.image)),
+            temperature=float(temperature), top_p=float(top_p), max_outputs=max_outputs,
+            num_positions=num_positions, timings=Timings(submitted=time.perf_counter()),
+        )
+
+    def _forget_request(self, request_id: str) -> None:
+        with self._lock:
+            self._active.discard(request_id)
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                self.scheduler.run()
+        except BaseException as exc:
+            log.exception("scheduler thread crashed")
+            with self._lock:
+                self._alive = False
+            self.scheduler.fail_all(EngineStopped(f"UNAVAILABLE: the scheduler thread crashed: {exc}"),
+                                    crashed=True)
+

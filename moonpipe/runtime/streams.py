@@ -1,0 +1,226 @@
+"""Device streams and events with one interface on CUDA and on CPU.
+
+The scheduler enqueues closures on streams and never waits for compute while launching:
+
+* ``compute``: every forward and every sampling step, in order (one stream for both
+  slots: the slots are not for GPU parallelism).
+* ``copy``: device->host copies of step outputs, ordered after the step's sampling by an
+  event, so the host reads results without stalling the compute stream.
+* ``upload``: host->device copies of staged step inputs (pinned buffers).
+
+On CUDA a closure runs immediately on the calling thread inside
+``torch.cuda.stream(s)``: it only *enqueues* kernels. On CPU there is no asynchronous
+device, so each stream is an in-order worker thread that runs the closures; events are
+thread-safe completion markers stamped with the worker's clock, and ``wait`` makes a
+worker block until another stream reached the event. Uploads run on the compute worker
+on CPU (a host->host copy has nothing to overlap with; a third thread only adds GIL
+traffic).
+
+Invariant (both backends): work enqueued on one stream runs in enqueue order; an event
+fires only after everything enqueued on its stream before ``record()`` has finished.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["CpuStream", "CudaStream", "Event", "Stream", "StreamSet", "make_streams"]
+
+
+class Event(ABC):
+    """Marks a point in a stream. ``time()`` is the completion time in seconds (CPU only)."""
+
+    @abstractmethod
+    def synchronize(self) -> None: ...
+
+    @abstractmethod
+    def query(self) -> bool: ...
+
+    @abstractmethod
+    def elapsed_ms(self, end: Event) -> float:
+        """Device time from this event to ``end`` (both must have completed)."""
+
+
+class Stream(ABC):
+    """An in-order queue of device work."""
+
+    @abstractmethod
+    def run(self, fn: Callable[[], None]) -> None:
+        """Enqueue ``fn``; returns without waiting for it (CPU) or after enqueuing kernels (CUDA)."""
+
+    @abstractmethod
+    def record(self) -> Event: ...
+
+    @abstractmethod
+    def wait(self, event: Event) -> None:
+        """Work enqueued after this call starts only once ``event`` has fired."""
+
+    @abstractmethod
+    def synchronize(self) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for CUDA streams
+        """Release the stream (stops a CPU worker)."""
+
+
+# ----------------------------------------------------------------------------- CPU
+
+
+class _CpuEvent(Event):
+    __slots__ = ("_done", "_error", "stamp")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.stamp = 0.0
+        self._error: BaseException | None = None
+
+    def fire(self, error: BaseException | None = None) -> None:
+        self.stamp = time.perf_counter()
+        self._error = error
+        self._done.set()
+
+    def wait_done(self) -> None:
+        """Block until fired, without raising the attached error."""
+        self._done.wait()
+
+    def synchronize(self) -> None:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    def query(self) -> bool:
+        return self._done.is_set()
+
+    def elapsed_ms(self, end: Event) -> float:
+        assert isinstance(end, _CpuEvent)
+        return (end.stamp - self.stamp) * 1e3
+
+
+@dataclass(slots=True)
+class _Wait:
+    event: _CpuEvent
+
+
+class CpuStream(Stream):
+    """An in-order worker thread.
+
+    An exception raised by a closure is attached to the next event recorded on the stream
+    (its ``synchronize`` re-raises it) and then forgotten, so one failed step does not
+    poison the steps after it; closures between the failure and that event are skipped.
+    """
+
+    def __init__(self, name: str, num_threads: int = 1) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | _CpuEvent | _Wait | None] = queue.SimpleQueue()
+        self._num_threads = num_threads
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"moonpipe-{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        # Per-thread torch state: the compute worker is where forwards run.
+        torch.set_num_threads(self._num_threads)
+        with torch.inference_mode():
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, _CpuEvent):
+                    item.fire(self._error)
+                    self._error = None
+                elif isinstance(item, _Wait):
+                    item.event.wait_done()
+                elif self._error is None:
+                    try:
+                        item()
+                    except BaseException as exc:
+                        self._error = exc
+
+    def run(self, fn: Callable[[], None]) -> None:
+        self._queue.put(fn)
+
+    def record(self) -> Event:
+        ev = _CpuEvent()
+        self._queue.put(ev)
+        return ev
+
+    def wait(self, event: Event) -> None:
+        assert isinstance(event, _CpuEvent)
+        if not event.query():
+            self._queue.put(_Wait(event))
+
+    def synchronize(self) -> None:
+        self.record().synchronize()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------- CUDA
+
+
+class _CudaEvent(Event):
+    __slots__ = ("ev",)
+
+    def __init__(self, ev: torch.cuda.Event) -> None:
+        self.ev = ev
+
+    def synchronize(self) -> None:
+        self.ev.synchronize()
+
+    def query(self) -> bool:
+        return bool(self.ev.query())
+
+    def elapsed_ms(self, end: Event) -> float:
+        assert isinstance(end, _CudaEvent)
+        return float(self.ev.elapsed_time(end.ev))
+
+
+class CudaStream(Stream):
+    """A ``torch.cuda.Stream``; closures run now, on the caller's thread, under it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device=device)
+
+    def run(self, fn: Callable[[], None]) -> None:
+        with torch.cuda.stream(self.stream):
+            fn()
+
+    def record(self) -> Event:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record(self.stream)
+        return _CudaEvent(ev)
+
+    def wait(self, event: Event) -> None:
+        assert isinstance(event, _CudaEvent)
+        self.stream.wait_event(event.ev)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSet:
+    """The three streams of one engine."""
+
+    compute: Stream
+    copy: Stream
+    upload: Stream
+
+    def close(self) -> None:
+        for s in {id(self.compute): self.compute, id(self.copy): self.copy, id(self.upload): self.upload}.values():
+            s.close()
+
+
+def make_streams(device: torch.device, compute_threads: int = 1) -> StreamSet:
+    """CUDA streams on a GPU; worker threads on CPU (uploads share the compute worker)."""
+    if device.type == "cuda":
+        return StreamSet(compute=CudaStream(device), copy=CudaStream(device), upload=CudaStream(device))
+    compute = CpuStream("compute", num_threads=compute_threads)
+    return StreamSet(compute=compute, copy=CpuStream("copy"), upload=compute)

@@ -1,0 +1,70 @@
+"""Per-request state owned by the scheduler thread.
+
+A sequence goes WAITING -> ADMITTED (pages + seq slot reserved) -> RUNNING (prefill
+launched) -> FINISHED (result emitted; ``finalized`` in background.md terms) ->
+released (pages and seq slot returned once no in-flight step references it; the
+pipeline's ``inflight_refs`` says when). Output positions: ``k = 0`` is sampled from the
+prefill, ``k = 1..`` from decode steps; ``num_launched`` is the next ``k`` to launch.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moonpipe.request import Box, Point, Request, Timings
+from moonpipe.request import Sink as SinkProto
+from moonpipe.skills.base import Constraint
+
+__all__ = ["SeqState", "Sequence"]
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"
+    ADMITTED = "admitted"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """One request inside the engine."""
+
+    seq_id: int
+    request: Request
+    sink: SinkProto
+    constraint: Constraint
+    prompt_ids: tuple[int, ...]
+    crops: np.ndarray  # (n, 378, 378, 3) uint8
+    tiling: tuple[int, int]
+    image_key: str
+    temperature: float
+    top_p: float
+    max_outputs: int  # outputs this sequence may produce (max_tokens after context fit)
+    num_positions: int  # KV positions reserved: prefix + prompt + max_outputs + 1
+    timings: Timings
+    state: SeqState = SeqState.WAITING
+    seq_slot: int = -1
+    page_ids: tuple[int, ...] = ()
+    position: int = 0  # next KV position a decode step writes
+    num_launched: int = 0
+    num_committed: int = 0
+    finish_reason: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Tokens of the prefill: BOS + 729 image tokens + prompt."""
+        return 730 + len(self.prompt_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.state is SeqState.FINISHED
