@@ -1,0 +1,140 @@
+"""Image decoding and moondream2's overlapping-crop preprocessing (spec section 3).
+
+``decode_image`` turns untrusted bytes into an RGB uint8 array or raises ``InvalidRequest``
+("IMAGE: ..."). ``overlap_crops`` reproduces the reference's Pillow path bit-exactly: one
+global 378x378 crop plus ``th x tw`` overlapping local crops cut from a LANCZOS resize.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from moonpipe.errors import InvalidRequest
+
+__all__ = [
+    "CROP_SIZE",
+    "MARGIN_PX",
+    "WINDOW_PX",
+    "decode_image",
+    "normalize_crops",
+    "overlap_crops",
+    "select_tiling",
+]
+
+CROP_SIZE = 378
+PATCH_SIZE = 14
+OVERLAP_MARGIN = 4  # patches
+MARGIN_PX = OVERLAP_MARGIN * PATCH_SIZE  # 56
+WINDOW_PX = (CROP_SIZE // PATCH_SIZE - 2 * OVERLAP_MARGIN) * PATCH_SIZE  # 266
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8. High-bit-depth grayscale is scaled, not clipped."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.int64)
+        arr = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img), 0.0, 255.0).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.ascontiguousarray(np.asarray(img.convert("RGB")), dtype=np.uint8)
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode JPEG/PNG/WebP/GIF (first frame)/... bytes -> (H, W, 3) uint8, EXIF-rotated.
+
+    Raises InvalidRequest ("IMAGE: ...") for empty, undecodable, truncated, zero-size images
+    and images over ``max_pixels`` (checked from the header, before decoding).
+    """
+    if not data:
+        raise InvalidRequest("IMAGE: empty image data")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise InvalidRequest(f"IMAGE: image too large to decode safely ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidRequest("IMAGE: cannot identify image format (JPEG, PNG, WebP, GIF, ... expected)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidRequest(f"IMAGE: cannot decode image header: {exc}") from exc
+    with img:
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise InvalidRequest(f"IMAGE: zero-size image ({w}x{h})")
+        if w * h > max_pixels:
+            raise InvalidRequest(f"IMAGE: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+        try:
+            img.seek(0)  # first frame of animations
+            img.load()
+            upright: Image.Image = ImageOps.exif_transpose(img) or img
+            arr = _to_rgb_array(upright)
+        except Image.DecompressionBombError as exc:
+            raise InvalidRequest(f"IMAGE: image too large to decode safely ({exc})") from exc
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise InvalidRequest(f"IMAGE: truncated or corrupt image data: {exc}") from exc
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidRequest(f"IMAGE: zero-size image ({arr.shape})")
+    return arr
+
+
+def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, int]:
+    """(rows, cols) of local crops for an image whose margin-reduced size is height x width."""
+    if height <= window or width <= window:
+        return (1, 1)
+    min_h = math.ceil(height / window)
+    min_w = math.ceil(width / window)
+    if min_h * min_w > max_crops:
+        ratio = math.sqrt(max_crops / (min_h * min_w))
+        return (max(1, math.floor(min_h * ratio)), max(1, math.floor(min_w * ratio)))
+    h_tiles = max(math.floor(math.sqrt(max_crops * height / width)), min_h)
+    w_tiles = max(math.floor(math.sqrt(max_crops * width / height)), min_w)
+    if h_tiles * w_tiles > max_crops:
+        if w_tiles > h_tiles:
+            w_tiles = math.floor(max_crops / h_tiles)
+        else:
+            h_tiles = math.floor(max_crops / w_tiles)
+    return (max(1, h_tiles), max(1, w_tiles))
+
+
+def image_tiling(height: int, width: int, max_crops: int) -> tuple[int, int]:
+    """Tiling the reference picks for an H x W image (margins removed first)."""
+    return select_tiling(height - 2 * MARGIN_PX, width - 2 * MARGIN_PX, WINDOW_PX, max_crops)
+
+
+def overlap_crops(image: np.ndarray, max_crops: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W, 3) uint8 -> (crops (1 + th*tw, 378, 378, 3) uint8, (th, tw)).
+
+    Crop 0 is the whole image resized to 378x378; crop ``1 + i*tw + j`` is the window at
+    (266 i, 266 j) of the image resized to (266 th + 112) x (266 tw + 112), Pillow LANCZOS.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"overlap_crops: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    th, tw = image_tiling(h, w, max_crops)
+    target_h, target_w = th * WINDOW_PX + 2 * MARGIN_PX, tw * WINDOW_PX + 2 * MARGIN_PX
+    pil = Image.fromarray(image)
+    resized = np.asarray(pil.resize((target_w, target_h), resample=Image.Resampling.LANCZOS))
+    crops = np.zeros((1 + th * tw, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
+    crops[0] = np.asarray(pil.resize((CROP_SIZE, CROP_SIZE), resample=Image.Resampling.LANCZOS))
+    for i in range(th):
+        for j in range(tw):
+            tile = resized[i * WINDOW_PX : i * WINDOW_PX + CROP_SIZE, j * WINDOW_PX : j * WINDOW_PX + CROP_SIZE]
+            crops[1 + i * tw + j, : tile.shape[0], : tile.shape[1]] = tile
+    return crops, (th, tw)
+
+
+def normalize_crops(
+    crops_u8: np.ndarray | torch.Tensor,
+    dtype: torch.dtype,
+    device: str | torch.device,
+) -> torch.Tensor:
+    """(n, 378, 378, 3) uint8 -> (n, 3, 378, 378) in [-1, 1]: ``(x/255 - 0.5)/0.5`` in float32."""
+    crops = torch.as_tensor(crops_u8).to(device=device, non_blocking=True)
+    x = crops.permute(0, 3, 1, 2).float()
+    return ((x / 255.0 - 0.5) / 0.5).to(dtype).contiguous()
