@@ -121,6 +121,7 @@ class OutputProcessor:
             num_output_tokens=ev.num_output_tokens,
             timings=ev.timings,
             error=out.error,
+            token_ids=tuple(ev.all_token_ids),
         )
         _safe(ev.sink.on_result, rid, result)
 

@@ -143,6 +143,7 @@ class Result:
     num_output_tokens: int = 0
     timings: Timings | None = None
     error: str = ""  # why finish_reason is "error" when the output itself was unusable
+    token_ids: tuple[int, ...] = ()  # generated text token ids (eos excluded)
 
 
 class Sink(Protocol):

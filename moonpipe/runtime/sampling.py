@@ -21,16 +21,16 @@ def apply_masks(
     logits: torch.Tensor,  # (B, V) float32, modified in place
     mask_table: torch.Tensor,  # (M, V) bool: True = allowed
     mask_ids: torch.Tensor,  # (B,) long
-    banned_ids: torch.Tensor,  # (B, K) long; padded with the row's first entry
-    banned_valid: torch.Tensor,  # (B, K) bool
+    banned_ids: torch.Tensor,  # (B, K) long; padded with the row's first entry (or 0)
+    banned_valid: torch.Tensor,  # (B, K) bool; every entry of a row that bans anything
     any_mask: bool,
     any_banned: bool,
 ) -> torch.Tensor:
     if any_mask:
         logits.masked_fill_(~mask_table.index_select(0, mask_ids), NEG_INF)
     if any_banned:
-        # Gather-then-scatter keeps padded entries at their own value: no -inf leaks
-        # into a column that only padding points at.
+        # Rows without bans point at column 0 and write its own value back (gather first);
+        # rows with bans pad with a duplicate banned id, so duplicates agree on -inf.
         old = logits.gather(1, banned_ids)
         logits.scatter_(1, banned_ids, torch.where(banned_valid, torch.full_like(old, NEG_INF), old))
     return logits

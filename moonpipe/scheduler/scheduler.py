@@ -236,8 +236,10 @@ class Scheduler:
             if spec.banned_ids:
                 n = len(spec.banned_ids)
                 banned[row, :n] = spec.banned_ids
-                banned[row, n:] = spec.banned_ids[0]  # pad with a duplicate of a banned id
-                banned_valid[row, :n] = True
+                # Pad with a duplicate of a banned id, itself banned: scatter then writes
+                # the same value to every duplicate index (no write race).
+                banned[row, n:] = spec.banned_ids[0]
+                banned_valid[row, :] = True
             any_coord |= spec.spatial == 1
             any_size |= spec.spatial == 2
         flags = SamplingFlags(
