@@ -1,0 +1,107 @@
+"""The wire format of the ``moondream`` model: request tensors in, stream responses out.
+
+Both clients talk to Triton's ``ModelStreamInfer`` RPC directly (one bidirectional stream
+per request, holding one request), because the model is *decoupled*: it answers with any
+number of responses. Every request sets the parameter
+``triton_enable_empty_final_response`` so that the server marks the last response with
+``triton_final_response`` (tritonclient's asyncio ``stream_infer`` drops that option; see
+triton-local.md gotcha 7). An error response also ends the request; its message carries
+a stable prefix, because streaming drops Triton's error codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tritonclient.grpc import InferResult, service_pb2
+from tritonclient.utils import serialize_byte_tensor
+
+from moonpipe_client.errors import error_from_message
+from moonpipe_client.results import SKILLS, Chunk, parse_chunk
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "MODEL_NAME",
+    "Settings",
+    "build_request",
+    "is_final",
+    "parse_stream_response",
+]
+
+MODEL_NAME = "moondream"
+_MAX_MESSAGE_BYTES = 2**31 - 1  # Triton's own limit (MAX_GRPC_MESSAGE_SIZE)
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+)
+_FINAL_PARAM = "triton_final_response"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Optional generation settings; ``None`` leaves the server's default."""
+
+    length: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_objects: int | None = None
+
+
+def _add_input(request: service_pb2.ModelInferRequest, name: str, array: np.ndarray, datatype: str) -> None:
+    tensor = request.inputs.add()
+    tensor.name = name
+    tensor.datatype = datatype
+    tensor.shape.extend(array.shape)
+    if datatype == "BYTES":
+        serialized = serialize_byte_tensor(array)
+        request.raw_input_contents.append(serialized.item() if serialized.size else b"")
+    else:
+        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+
+
+def _bytes(value: str | bytes) -> np.ndarray:
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return np.array([data], dtype=np.object_)  # (1,)
+
+
+def build_request(skill: str, image: bytes, prompt: str, *, stream: bool, settings: Settings,
+                  request_id: str = "", model_name: str = MODEL_NAME) -> service_pb2.ModelInferRequest:
+    """The ``ModelInferRequest`` for one skill call (shapes ``[1]`` as the model expects)."""
+    if skill not in SKILLS:
+        raise ValueError(f"unknown skill {skill!r}; expected one of {', '.join(SKILLS)}")
+    request = service_pb2.ModelInferRequest()
+    request.model_name = model_name
+    if request_id:
+        request.id = request_id
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    _add_input(request, "SKILL", _bytes(skill), "BYTES")
+    _add_input(request, "IMAGE", _bytes(image), "BYTES")
+    _add_input(request, "PROMPT", _bytes(prompt), "BYTES")
+    if settings.length is not None:
+        _add_input(request, "LENGTH", _bytes(settings.length), "BYTES")
+    if settings.max_tokens is not None:
+        _add_input(request, "MAX_TOKENS", np.array([settings.max_tokens], dtype=np.int32), "INT32")
+    if settings.temperature is not None:
+        _add_input(request, "TEMPERATURE", np.array([settings.temperature], dtype=np.float32), "FP32")
+    if settings.top_p is not None:
+        _add_input(request, "TOP_P", np.array([settings.top_p], dtype=np.float32), "FP32")
+    if settings.max_objects is not None:
+        _add_input(request, "MAX_OBJECTS", np.array([settings.max_objects], dtype=np.int32), "INT32")
+    _add_input(request, "STREAM", np.array([stream], dtype=np.bool_), "BOOL")
+    return request
+
+
+def is_final(response: service_pb2.ModelInferResponse) -> bool:
+    """Whether ``response`` is the last one of its request."""
+    params = response.parameters
+    return _FINAL_PARAM in params and params[_FINAL_PARAM].bool_param
+
+
+def parse_stream_response(message: service_pb2.ModelStreamInferResponse) -> Chunk:
+    """One stream message as a :class:`Chunk`; raises the typed error of an error message."""
+    if message.error_message:
+        raise error_from_message(message.error_message)
+    response = message.infer_response
+    return parse_chunk(InferResult(response).as_numpy, final=is_final(response))

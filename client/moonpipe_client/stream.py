@@ -1,0 +1,194 @@
+"""Iterators over one request's streamed output, sync (:class:`Stream`) and asyncio
+(:class:`AsyncStream`).
+
+Both yield *items* (text deltas for caption/query, :class:`Point`/:class:`Box` objects as
+they complete for point/detect) and, once exhausted, hold the full typed result in
+``result``. Closing one before the end (``close()``/``aclose()``, leaving a ``with``
+block, or dropping the last reference) cancels the gRPC call, which makes the server
+cancel the request (``response_sender.is_cancelled()`` turns true).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+import grpc
+
+from moonpipe_client.errors import MoonpipeError, ServerError, error_from_grpc
+from moonpipe_client.protocol import parse_stream_response
+from moonpipe_client.results import Chunk, Result, ResultBuilder
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import service_pb2
+
+__all__ = ["AsyncStream", "Extract", "Stream"]
+
+T = TypeVar("T")  # the items yielded
+R = TypeVar("R", bound=Result)  # the final result
+Extract = Callable[[Chunk], "list[Any]"]
+
+_EARLY_END = "the server closed the stream before the request's final response"
+
+
+def _rpc_error(exc: grpc.RpcError, url: str) -> MoonpipeError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return error_from_grpc(None if code is None else code.name, details or str(exc), url)
+
+
+class _StreamState(Generic[T, R]):
+    """What both iterators share: the result being built and items not yet handed out."""
+
+    def __init__(self, builder: ResultBuilder, extract: Extract, url: str) -> None:
+        self._builder = builder
+        self._extract = extract
+        self._url = url
+        self._pending: deque[T] = deque()
+        self._result: R | None = None
+        self._closed = False
+
+    def _take(self, message: service_pb2.ModelStreamInferResponse) -> None:
+        chunk = parse_stream_response(message)  # raises the typed error of an error response
+        self._builder.add(chunk)
+        self._pending.extend(self._extract(chunk))
+        if chunk.final:
+            self._result = cast(R, self._builder.build())
+
+    @property
+    def done(self) -> bool:
+        """True once the final response arrived (or the stream was closed or failed)."""
+        return self._result is not None or self._closed
+
+    @property
+    def result(self) -> R | None:
+        """The complete typed result, once the final response arrived; None before."""
+        return self._result
+
+
+class Stream(_StreamState[T, R], Iterator[T]):
+    """A sync iterator over one streamed request; a context manager that cancels on exit."""
+
+    def __init__(self, call: Any, builder: ResultBuilder, extract: Extract, url: str) -> None:
+        super().__init__(builder, extract, url)
+        self._call = call  # grpc stream-stream call: an iterator of responses with cancel()
+
+    def __iter__(self) -> Stream[T, R]:
+        return self
+
+    def __next__(self) -> T:
+        while not self._pending:
+            if self._result is not None or self._closed:
+                raise StopIteration
+            try:
+                message = next(self._call)
+            except StopIteration:
+                self._closed = True
+                raise ServerError(_EARLY_END) from None
+            except grpc.RpcError as exc:
+                self._closed = True
+                raise _rpc_error(exc, self._url) from None
+            except MoonpipeError:
+                self._closed = True
+                raise
+            try:
+                self._take(message)
+            except MoonpipeError:
+                self._closed = True
+                raise
+        return self._pending.popleft()
+
+    def wait(self) -> R:
+        """Consume the rest of the stream and return the complete result."""
+        for _ in self:
+            pass
+        if self._result is None:
+            raise ServerError(_EARLY_END)
+        return self._result
+
+    def close(self) -> None:
+        """Stop reading; if the request is still running, cancel it on the server."""
+        if not self.done:
+            self._call.cancel()
+        self._closed = True
+
+    def __enter__(self) -> Stream[T, R]:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_result", None) is None:
+            self._call.cancel()
+
+
+class AsyncStream(_StreamState[T, R], AsyncIterator[T]):
+    """An async iterator over one streamed request; ``async with`` cancels on exit.
+
+    The gRPC call starts on the first ``__anext__`` (``start()`` opens it), so a stream that
+    is never iterated sends nothing.
+    """
+
+    def __init__(self, start: Callable[[], Any], builder: ResultBuilder, extract: Extract,
+                 url: str) -> None:
+        super().__init__(builder, extract, url)
+        self._start = start
+        self._call: Any = None
+
+    def __aiter__(self) -> AsyncStream[T, R]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._pending:
+            if self._result is not None or self._closed:
+                raise StopAsyncIteration
+            try:
+                if self._call is None:
+                    self._call = self._start()
+                message = await self._call.read()
+            except grpc.RpcError as exc:
+                self._closed = True
+                raise _rpc_error(exc, self._url) from None
+            if message is grpc.aio.EOF:
+                self._closed = True
+                raise ServerError(_EARLY_END)
+            try:
+                self._take(message)
+            except MoonpipeError:
+                self._closed = True
+                raise
+        return self._pending.popleft()
+
+    async def wait(self) -> R:
+        """Consume the rest of the stream and return the complete result."""
+        async for _ in self:
+            pass
+        if self._result is None:
+            raise ServerError(_EARLY_END)
+        return self._result
+
+    async def aclose(self) -> None:
+        """Stop reading; if the request is still running, cancel it on the server."""
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Synchronous form of :meth:`aclose` (safe from ``__del__`` and callbacks)."""
+        if not self.done and self._call is not None:
+            self._call.cancel()
+        self._closed = True
+
+    async def __aenter__(self) -> AsyncStream[T, R]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        call = getattr(self, "_call", None)
+        if call is not None and not getattr(self, "_closed", True) and getattr(self, "_result", None) is None:
+            call.cancel()
