@@ -50,6 +50,9 @@ class StepTotals:
     sampling_ms: float = 0.0
     rows: int = 0
     zombie_rows: int = 0
+    all_zombie_steps: int = 0  # decode steps whose every row was a zombie (fully wasted)
+    period_ms: float = 0.0  # sum of decode->decode commit intervals
+    periods: int = 0
     wall_start: float = 0.0
     wall_end: float = 0.0
     generated_outputs: int = 0
@@ -90,10 +93,13 @@ class Telemetry:
             self.forward_ms = self._avg(self.forward_ms, forward_ms)
             self.sampling_ms = self._avg(self.sampling_ms, sampling_ms)
             self.batch_mean = self._avg(self.batch_mean, float(batch))
-            if self._last_decode_commit is not None:
-                self.period_ms = self._avg(self.period_ms, (now - self._last_decode_commit) * 1e3)
-            self._last_decode_commit = now
             t = self.totals
+            if self._last_decode_commit is not None:
+                interval = (now - self._last_decode_commit) * 1e3
+                self.period_ms = self._avg(self.period_ms, interval)
+                t.period_ms += interval
+                t.periods += 1
+            self._last_decode_commit = now
             if t.decode_steps == 0:
                 t.wall_start = now
             t.decode_steps += 1
@@ -101,6 +107,7 @@ class Telemetry:
             t.sampling_ms += sampling_ms
             t.rows += batch
             t.zombie_rows += zombies
+            t.all_zombie_steps += int(zombies == batch)
             t.wall_end = now
             t.generated_outputs += outputs
 

@@ -1,0 +1,69 @@
+"""``moonpipe bench ...``: benchmark drivers (they print, save JSON + PNG; never tests)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("stream counts must be positive")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = sub.add_parser("bench", help="run a benchmark (prints a table, saves JSON and a plot)")
+    kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    p = kinds.add_parser(
+        "pipeline",
+        help="blocking (depth 1) vs pipelined (depth 2) decode, the cost-model table",
+        description="Runs the same greedy fixed-length workload through a depth-1 and a depth-2 "
+        "engine back to back on random weights of the chosen preset and prints the table of "
+        "shared/docs/background.md (columns defined in measuring.md).",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--model", default=None, choices=["tiny", "small", "md2"],
+                   help="weights preset (default: tiny on cpu, md2 on cuda)")
+    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
+    p.add_argument("--streams", type=_ints, default=[1, 8, 32], help="comma-separated stream counts (default 1,8,32)")
+    p.add_argument("--tokens", type=int, default=64, help="output tokens per request (default 64)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of `streams` requests per measurement")
+    p.add_argument("--repeats", type=int, default=3, help="repeats per depth; medians are reported")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run eager on CUDA")
+    p.add_argument("--json", type=Path, default=None, help="output JSON path (default bench/results/pipeline-<device>-<model>.json)")
+    p.add_argument("--plot", type=Path, default=None, help="output PNG path (default: next to the JSON)")
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from moonpipe.bench.common import RESULTS_DIR, device_name, slug
+    from moonpipe.bench.pipeline import format_table, run_pipeline_bench, save
+    from moonpipe.bench.plot import plot_pipeline
+
+    cuda = args.device.startswith("cuda")
+    model = args.model or ("md2" if cuda else "tiny")
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    name = f"pipeline-{slug(device_name(args.device))}-{model}"
+    out = args.json or RESULTS_DIR / f"{name}.json"
+    t0 = time.perf_counter()
+    print(f"moonpipe bench pipeline: {model} ({dtype}) on {device_name(args.device)}; "
+          f"streams {args.streams}, {args.tokens} tokens x {args.rounds} rounds x {args.repeats} repeats",
+          flush=True)
+    doc = run_pipeline_bench(device=args.device, model=model, dtype=dtype, streams=args.streams,
+                             tokens=args.tokens, rounds=args.rounds, repeats=args.repeats,
+                             cuda_graphs=not args.no_cuda_graphs,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_table(doc))
+    save(doc, out)
+    png = plot_pipeline(doc, args.plot or out.with_suffix(".png"))
+    print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
+    return 0
