@@ -21,6 +21,7 @@ composition of the two steps.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
@@ -33,10 +34,11 @@ import torch
 from moonpipe.config import EngineConfig, ModelConfig
 from moonpipe.model.image import normalize_crops
 from moonpipe.model.moondream import MoondreamModel
+from moonpipe.runtime.graphs import DecodeGraphs, batch_buckets, bucket_for, page_buckets
 from moonpipe.runtime.kv_cache import KVCache, pages_needed
 from moonpipe.runtime.sampling import apply_masks, sample_tokens, spatial_values
 from moonpipe.runtime.slots import DecodeSlot
-from moonpipe.runtime.streams import StreamSet, make_streams
+from moonpipe.runtime.streams import CudaStream, StreamSet, make_streams
 from moonpipe.skills.base import Feed, VocabMask
 
 __all__ = ["ModelRunner", "PrefillItem", "SamplingFlags"]
@@ -115,6 +117,36 @@ class ModelRunner:
         self.bos_id = model_cfg.tokenizer.bos_id
         # Test-only fault injection: called inside every forward with the step kind.
         self.fault_hook: Callable[[str, list[int]], None] | None = None
+        self.batch_buckets = batch_buckets(self.max_seqs)
+        self.page_buckets = page_buckets(max_pages)
+        self.graphs: DecodeGraphs | None = None
+        # Pad decode steps to (batch, page) buckets: required by CUDA graphs; settable on
+        # CPU so the padding path is tested without a GPU.
+        self.pad_buckets = False
+        if self.device.type == "cuda" and cfg.cuda_graphs:
+            self.pad_buckets = True
+            self._capture_graphs()
+
+    def _capture_graphs(self) -> None:
+        """Capture every (slot, batch bucket, page bucket) decode graph up front, with the
+        slot staged as padding rows only (scratch seq slot, position 0, page 0)."""
+        compute = self.streams.compute
+        assert isinstance(compute, CudaStream)
+        graphs = DecodeGraphs(compute.stream)
+        zeros = np.zeros((self.max_seqs, self.kv.max_pages_per_seq), dtype=np.int64)
+        with torch.inference_mode():
+            for slot in self.slots:
+                for bb in reversed(self.batch_buckets):  # largest first: the pool fits the rest
+                    for pb in reversed(self.page_buckets):
+                        slot.batch = 0
+                        self._stage_rows(slot, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
+                                         zeros, bb, pb)
+                        slot.upload_inputs()
+                        torch.cuda.synchronize(self.device)
+                        graphs.capture((slot.index, bb, pb), functools.partial(self._decode_forward, slot))
+        torch.cuda.synchronize(self.device)
+        self.graphs = graphs
+        log.info("captured %d decode CUDA graphs", len(graphs))
 
     # ------------------------------------------------------------------ staging
     def stage_decode(self, slot: DecodeSlot, seq_slots: np.ndarray, positions: np.ndarray,
@@ -124,13 +156,28 @@ class ModelRunner:
         ``page_rows``: (B, max_pages) page ids of each row's sequence.
         """
         b = len(seq_slots)
-        slot.batch = b
-        slot.bucket = b
         num_pages = int(positions.max()) // self.page_size + 1
+        if self.pad_buckets:  # static shapes: pad to the buckets a graph was captured for
+            bucket, num_pages = bucket_for(b, self.batch_buckets), bucket_for(num_pages, self.page_buckets)
+        else:
+            bucket = b
+        slot.batch = b
+        self._stage_rows(slot, seq_slots, positions, page_rows, bucket, num_pages)
+
+    def _stage_rows(self, slot: DecodeSlot, seq_slots: np.ndarray, positions: np.ndarray,
+                    page_rows: np.ndarray, bucket: int, num_pages: int) -> None:
+        """Rows ``[0, len(seq_slots))`` are real; ``[len, bucket)`` are padding rows."""
+        b = len(seq_slots)
+        slot.bucket = bucket
         slot.num_pages = num_pages
-        DecodeSlot.host_np(slot.seq_slots)[:b] = seq_slots
-        DecodeSlot.host_np(slot.positions)[:b] = positions
-        DecodeSlot.host_np(slot.page_table)[:b, :num_pages] = page_rows[:, :num_pages]
+        ss, pos = DecodeSlot.host_np(slot.seq_slots), DecodeSlot.host_np(slot.positions)
+        table = DecodeSlot.host_np(slot.page_table)
+        ss[:b] = seq_slots
+        ss[b:bucket] = self.scratch_seq_slot
+        pos[:b] = positions
+        pos[b:bucket] = 0
+        table[:b, :num_pages] = page_rows[:, :num_pages]  # zeros (scratch page) past a row's pages
+        table[b:bucket, :num_pages] = 0
 
     def stage_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
         b = len(items)
@@ -158,7 +205,14 @@ class ModelRunner:
         st.upload.run(slot.upload_inputs)
         st.compute.wait(st.upload.record())
         slot.events.forward_start = st.compute.record()
-        st.compute.run(lambda: self._decode_forward(slot))
+        graphs = self.graphs
+        if graphs is not None:
+            key = (slot.index, slot.bucket, slot.num_pages)
+            if self.fault_hook is not None:
+                self.fault_hook("decode", DecodeSlot.host_np(slot.seq_slots)[: slot.batch].tolist())
+            st.compute.run(lambda: graphs.replay(key))
+        else:
+            st.compute.run(lambda: self._decode_forward(slot))
         slot.events.forward_end = st.compute.record()
 
     def launch_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
@@ -210,8 +264,8 @@ class ModelRunner:
 
     # ------------------------------------------------------------- device work
     def _decode_forward(self, slot: DecodeSlot) -> None:
-        if self.fault_hook is not None:
-            self.fault_hook("decode", slot.seq_slots[1][: slot.batch].tolist())
+        if self.fault_hook is not None and self.graphs is None:
+            self.fault_hook("decode", slot.seq_slots[0][: slot.batch].tolist())
         b, p = slot.bucket, slot.num_pages
         model = self.model
         seq_slots = slot.seq_slots[1][:b]  # (B,)
@@ -233,10 +287,9 @@ class ModelRunner:
         model = self.model
         for row, it in enumerate(items):
             img = self._image_embedding(it)  # (729, D)
-            ids = torch.tensor((self.bos_id, *it.prompt_ids), dtype=torch.long, device=self.device)
-            tok = model.embed_tokens(ids)  # (1 + T, D)
+            tok = model.embed_tokens(self._to_device(torch.tensor((self.bos_id, *it.prompt_ids))))  # (1 + T, D)
             emb = torch.cat([tok[:1], img.to(tok.dtype), tok[1:]], dim=0)  # (730 + T, D)
-            pages = torch.tensor(it.page_ids, dtype=torch.long, device=self.device)
+            pages = self._to_device(torch.tensor(it.page_ids, dtype=torch.long))
             hidden = model.prefill(emb, 0, self.kv.k, self.kv.v, pages)  # (730 + T, D)
             slot.hidden[row].copy_(hidden[-1])
         b = len(items)
@@ -247,12 +300,18 @@ class ModelRunner:
         if cached is not None:
             self._image_cache.move_to_end(it.image_key)
             return cached
-        pixels = normalize_crops(it.crops, self.dtype, self.device)  # (n, 3, 378, 378)
+        pixels = normalize_crops(self._to_device(torch.from_numpy(it.crops)), self.dtype, self.device)
         emb = self.model.encode_image(pixels, it.tiling)  # (729, D)
         self._image_cache[it.image_key] = emb
         while len(self._image_cache) > self.cfg.image_cache_size:
             self._image_cache.popitem(last=False)
         return emb
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """Host tensor -> device without a synchronising pageable copy (pinned staging)."""
+        if self.device.type == "cpu":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def _sample(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
         b = slot.batch

@@ -260,3 +260,14 @@ def test_sampled_decoding_is_seeded(ckpt: Path) -> None:
             r = Request("t", "caption", png_bytes(1), max_tokens=12, temperature=1.0, top_p=0.9)
             outs.append(run_all(eng, [r])["t"].result.token_ids)
     assert outs[0] == outs[1] and len(outs[0]) >= 1
+
+
+def test_bucket_padding_rows_do_not_disturb_real_rows(ckpt: Path) -> None:
+    """The CUDA-graph path pads batches to buckets with scratch rows; run that path on CPU."""
+    with make_engine(ckpt) as plain:
+        want = {rid: signature(s.result) for rid, s in run_all(plain, mixed_requests("p-")).items()}
+    with make_engine(ckpt, max_batch_size=8) as padded:
+        padded.runner.pad_buckets = True
+        got = {rid: signature(s.result) for rid, s in run_all(padded, mixed_requests("p-")).items()}
+        assert_drained(padded)
+    assert got == want
