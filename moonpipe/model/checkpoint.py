@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from moonpipe.config import ModelConfig, RegionConfig, TextConfig, VisionConfig
 from moonpipe.errors import CheckpointError
-from moonpipe.model.init import init_tensor
+from moonpipe.model.init import PRESET_EOS_BIAS, init_tensor
 from moonpipe.model.moondream import MoondreamModel
 from moonpipe.model.synth_tokenizer import build_tokenizer
 from moonpipe.model.weights import WEIGHTS_FILE
@@ -64,6 +64,7 @@ def _config_json(config: ModelConfig, preset: str, seed: int, dtype: str) -> dic
         "format": "moonpipe-synthetic/1",
         "preset": preset,
         "seed": seed,
+        "eos_logit_bias": PRESET_EOS_BIAS[preset],
         "checkpoint": {"file": WEIGHTS_FILE, "dtype": dtype, "key_style": "HF moondream2 (model.*)"},
         "text": data["text"],
         "vision": data["vision"],
@@ -72,7 +73,9 @@ def _config_json(config: ModelConfig, preset: str, seed: int, dtype: str) -> dic
     }
 
 
-def _write_safetensors(path: Path, config: ModelConfig, *, seed: int, dtype: torch.dtype, progress: bool) -> None:
+def _write_safetensors(
+    path: Path, config: ModelConfig, *, seed: int, dtype: torch.dtype, eos_bias: float, progress: bool
+) -> None:
     """Stream tensors to ``path`` in safetensors layout: u64 header size, JSON header, data."""
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in MoondreamModel(config).state_dict().items()}
@@ -91,7 +94,7 @@ def _write_safetensors(path: Path, config: ModelConfig, *, seed: int, dtype: tor
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape in tqdm(shapes.items(), desc="weights", unit="tensor", disable=not progress):
-            t = init_tensor(name, shape, seed=seed, dtype=dtype, eos_id=eos)
+            t = init_tensor(name, shape, seed=seed, dtype=dtype, eos_id=eos, eos_bias=eos_bias)
             f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
     os.replace(tmp, path)
 
@@ -115,7 +118,8 @@ def make_checkpoint(
         raise CheckpointError(f"{out}: already holds {', '.join(existing)}; pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     show = preset == "md2" if progress is None else progress
-    _write_safetensors(out / WEIGHTS_FILE, config, seed=seed, dtype=_DTYPES[dtype], progress=show)
+    _write_safetensors(out / WEIGHTS_FILE, config, seed=seed, dtype=_DTYPES[dtype],
+                       eos_bias=PRESET_EOS_BIAS[preset], progress=show)
     build_tokenizer(config.text.vocab_size, seed=seed).save(str(out / "tokenizer.json"))
     # config.json last: its presence marks a complete checkpoint.
     (out / "config.json").write_text(json.dumps(_config_json(config, preset, seed, dtype), indent=1) + "\n")

@@ -19,6 +19,8 @@ class Tokenizer:
     """Encode user text to ids and decode generated ids back to text."""
 
     def __init__(self, hf: HFTokenizer) -> None:
+        # User text is data: "<|endoftext|>" typed in a question must not become the eos id.
+        hf.encode_special_tokens = True
         self._hf = hf
 
     @classmethod

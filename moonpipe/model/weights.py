@@ -88,16 +88,19 @@ def build_random_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    eos_bias: float = 0.0,
 ) -> MoondreamModel:
     """A model with deterministic synthetic weights generated directly on ``device``.
 
     Same scheme as ``moonpipe checkpoint make`` (moonpipe/model/init.py); no file needed. The
-    values are reproducible per device type (CPU and CUDA generators differ).
+    values are reproducible per device type (CPU and CUDA generators differ). ``eos_bias``
+    defaults to 0 (generations run to max_tokens, what benchmarks want); pass
+    ``PRESET_EOS_BIAS[preset]`` to match a checkpoint made by ``moonpipe checkpoint make``.
     """
     model = _empty_model(config)
     eos = config.tokenizer.eos_id
     tensors = {
-        name: init_tensor(name, tuple(t.shape), seed=seed, dtype=dtype, device=device, eos_id=eos)
+        name: init_tensor(name, tuple(t.shape), seed=seed, dtype=dtype, device=device, eos_id=eos, eos_bias=eos_bias)
         for name, t in model.state_dict().items()
     }
     return _assign(model, tensors)
