@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", type=Path, default=None, help="output JSON path (default bench/results/pipeline-<device>-<model>.json)")
     p.add_argument("--plot", type=Path, default=None, help="output PNG path (default: next to the JSON)")
     p.set_defaults(func=_run_pipeline)
+    _register_triton(kinds)
+    _register_short(kinds)
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
@@ -65,5 +67,85 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     print(format_table(doc))
     save(doc, out)
     png = plot_pipeline(doc, args.plot or out.with_suffix(".png"))
+    print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _register_triton(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = kinds.add_parser(
+        "triton",
+        help="in-process engine vs the real tritonserver over gRPC streaming (Triton overhead)",
+        description="Runs the same streamed, fixed-length caption workload through an in-process "
+        "Engine and through tritonserver (gRPC streaming, moonpipe_client.AsyncClient) in one "
+        "run, and reports tokens/s, TTFT and inter-token latency p50/p90/p99 and their ratios.",
+    )
+    p.add_argument("--model", default="tiny", choices=["tiny", "small"], help="checkpoint preset (default tiny)")
+    p.add_argument("--streams", type=_ints, default=[1, 8], help="comma-separated concurrency levels (default 1,8)")
+    p.add_argument("--requests", type=int, default=16, help="requests per stream count and path (default 16)")
+    p.add_argument("--tokens", type=int, default=32, help="output tokens per request (default 32)")
+    p.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/triton-<device>-<model>.json)")
+    p.add_argument("--plot", type=Path, default=None, help="output PNG (default: next to the JSON)")
+    p.set_defaults(func=_run_triton)
+
+
+def _run_triton(args: argparse.Namespace) -> int:
+    from moonpipe.bench.common import RESULTS_DIR, device_name, slug
+    from moonpipe.bench.pipeline import save
+    from moonpipe.bench.triton import format_triton_table, plot_triton, run_triton_bench
+
+    out = args.json or RESULTS_DIR / f"triton-{slug(device_name('cpu'))}-{args.model}.json"
+    t0 = time.perf_counter()
+    print(f"moonpipe bench triton: {args.model} on {device_name('cpu')}; streams {args.streams}, "
+          f"{args.requests} requests x {args.tokens} tokens per stream count and path", flush=True)
+    doc = run_triton_bench(model=args.model, streams=args.streams, requests=args.requests, tokens=args.tokens,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_triton_table(doc))
+    save(doc, out)
+    png = plot_triton(doc, args.plot or out.with_suffix(".png"))
+    print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _register_short(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = kinds.add_parser(
+        "short",
+        help="many short requests (query / point) at concurrency 1 and 16, repeated vs unique images",
+        description="A workload like Moondream's published one: one image + a short question "
+        "(a few output tokens) or a point request, at batch 1 and at high concurrency, with every "
+        "request on the same image (image-embedding cache hits) and on distinct images. Reports "
+        "requests/s and latency p50/p99. In-process by default; --triton goes through the server.",
+    )
+    p.add_argument("--model", default="tiny", choices=["tiny", "small"], help="checkpoint preset (default tiny)")
+    p.add_argument("--concurrency", type=_ints, default=[1, 16], help="comma-separated concurrency levels (default 1,16)")
+    p.add_argument("--requests", type=int, default=16, help="requests per cell (default 16)")
+    p.add_argument("--skills", default="query,point", help="comma-separated: query, point, detect (default query,point)")
+    p.add_argument("--max-tokens", type=int, default=4, help="max output tokens of a query (default 4)")
+    p.add_argument("--triton", action="store_true", help="send the requests through tritonserver over gRPC")
+    p.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/short-<path>-<device>-<model>.json)")
+    p.add_argument("--plot", type=Path, default=None, help="output PNG (default: next to the JSON)")
+    p.set_defaults(func=_run_short)
+
+
+def _run_short(args: argparse.Namespace) -> int:
+    from moonpipe.bench.common import RESULTS_DIR, device_name, slug
+    from moonpipe.bench.pipeline import save
+    from moonpipe.bench.short import SHORT_SKILLS, format_short_table, plot_short, run_short_bench
+
+    skills = [s.strip() for s in args.skills.split(",") if s.strip()]
+    bad = [s for s in skills if s not in SHORT_SKILLS]
+    if bad or not skills:
+        raise SystemExit(f"moonpipe bench short: --skills must name some of {', '.join(SHORT_SKILLS)}")
+    path = "triton" if args.triton else "inproc"
+    out = args.json or RESULTS_DIR / f"short-{path}-{slug(device_name('cpu'))}-{args.model}.json"
+    t0 = time.perf_counter()
+    print(f"moonpipe bench short ({'tritonserver over gRPC' if args.triton else 'in-process'}): {args.model} "
+          f"on {device_name('cpu')}; skills {skills}, concurrency {args.concurrency}, "
+          f"{args.requests} requests per cell", flush=True)
+    doc = run_short_bench(model=args.model, skills=skills, concurrency=args.concurrency, requests=args.requests,
+                          max_tokens=args.max_tokens, triton=args.triton,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_short_table(doc))
+    save(doc, out)
+    png = plot_short(doc, args.plot or out.with_suffix(".png"))
     print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
     return 0

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from engine_support import png_bytes, run_all, signature  # noqa: E402
+from engine_support import png_bytes, run_all, signature
 
-from moonpipe.config import EngineConfig  # noqa: E402
-from moonpipe.engine import Engine  # noqa: E402
-from moonpipe.model.checkpoint import ensure_checkpoint  # noqa: E402
-from moonpipe.request import Request  # noqa: E402
+from moonpipe.config import EngineConfig
+from moonpipe.engine import Engine
+from moonpipe.model.checkpoint import ensure_checkpoint
+from moonpipe.request import Request
 
 pytestmark = [
     pytest.mark.gpu,
