@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from moonpipe.config import EngineConfig, ModelConfig
@@ -151,8 +152,12 @@ class Engine:
         cfg, text = self.config, self.model_config.text
         if len(request.image) > cfg.max_image_bytes:
             raise InvalidRequest(f"IMAGE: {len(request.image)} bytes is over the limit of {cfg.max_image_bytes}")
-        image = decode_image(bytes(request.image), max_pixels=cfg.max_image_pixels)
-        crops, tiling = overlap_crops(image, self.model_config.vision.max_crops)
+        key = image_key(bytes(request.image))
+        crops: np.ndarray | None = None
+        tiling = (1, 1)
+        if not self.runner.has_image(key):  # identical bytes were decoded (and valid) before
+            image = decode_image(bytes(request.image), max_pixels=cfg.max_image_pixels)
+            crops, tiling = overlap_crops(image, self.model_config.vision.max_crops)
         constraint = self.skills.make_constraint(request, self._mask_index,
                                                  max_prompt_tokens=cfg.max_prompt_tokens)
         temperature, top_p, max_tokens, _ = sampling_defaults(request)
@@ -170,7 +175,7 @@ class Engine:
             )
         return Sequence(
             seq_id=next(self._ids), request=request, sink=sink, constraint=constraint,
-            prompt_ids=prompt_ids, crops=crops, tiling=tiling, image_key=image_key(bytes(request.image)),
+            prompt_ids=prompt_ids, crops=crops, tiling=tiling, image_key=key, image=bytes(request.image),
             temperature=float(temperature), top_p=float(top_p), max_outputs=max_outputs,
             num_positions=num_positions, timings=Timings(submitted=time.perf_counter()),
         )

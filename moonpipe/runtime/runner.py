@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from moonpipe.config import EngineConfig, ModelConfig
-from moonpipe.model.image import normalize_crops
+from moonpipe.model.image import decode_image, normalize_crops, overlap_crops
 from moonpipe.model.moondream import MoondreamModel
 from moonpipe.runtime.graphs import DecodeGraphs, batch_buckets, bucket_for, page_buckets
 from moonpipe.runtime.kv_cache import KVCache, pages_needed
@@ -60,8 +60,9 @@ class PrefillItem:
 
     seq_slot: int
     image_key: str
-    crops: np.ndarray  # (n, 378, 378, 3) uint8
+    crops: np.ndarray | None  # (n, 378, 378, 3) uint8; None: the embedding was cached at submit
     tiling: tuple[int, int]
+    image: bytes  # the encoded file, decoded here only if a cached embedding was evicted
     prompt_ids: tuple[int, ...]
     page_ids: tuple[int, ...]
 
@@ -295,13 +296,22 @@ class ModelRunner:
         b = len(items)
         slot.logits[:b].copy_(model.lm_logits(slot.hidden[:b]))
 
+    def has_image(self, key: str) -> bool:
+        """Whether an embedding for this image content is cached (a racy hint for submit:
+        a miss at prefill time falls back to decoding there)."""
+        return key in self._image_cache
+
     def _image_embedding(self, it: PrefillItem) -> torch.Tensor:
         cached = self._image_cache.get(it.image_key)
         if cached is not None:
             self._image_cache.move_to_end(it.image_key)
             return cached
-        pixels = normalize_crops(self._to_device(torch.from_numpy(it.crops)), self.dtype, self.device)
-        emb = self.model.encode_image(pixels, it.tiling)  # (729, D)
+        crops, tiling = it.crops, it.tiling
+        if crops is None:  # cached at submit, evicted since: decode here (the bytes were valid)
+            image = decode_image(it.image, max_pixels=self.cfg.max_image_pixels)
+            crops, tiling = overlap_crops(image, self.model_cfg.vision.max_crops)
+        pixels = normalize_crops(self._to_device(torch.from_numpy(crops)), self.dtype, self.device)
+        emb = self.model.encode_image(pixels, tiling)  # (729, D)
         self._image_cache[it.image_key] = emb
         while len(self._image_cache) > self.cfg.image_cache_size:
             self._image_cache.popitem(last=False)

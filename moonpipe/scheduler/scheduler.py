@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +78,7 @@ class Scheduler:
         self.page_rows = np.zeros((runner.max_seqs + 1, runner.kv.max_pages_per_seq), dtype=np.int64)
         self._steps: dict[int, _StepInfo] = {}
         self._last_prefill = False
+        self._recent_images: OrderedDict[str, None] = OrderedDict()  # mirrors the runner's cache
         self._on_final = on_final
         self.stopping = False
 
@@ -157,7 +158,8 @@ class Scheduler:
             return None
         decode = [s for s in self.running.values() if s.num_launched < s.max_outputs]
         if self.admitted and (not decode or not self._last_prefill):
-            batch, self.admitted = self.admitted[:MAX_PREFILL_PER_STEP], self.admitted[MAX_PREFILL_PER_STEP:]
+            n = self._prefill_batch_size()
+            batch, self.admitted = self.admitted[:n], self.admitted[n:]
             self._last_prefill = True
             return self._launch_prefill(batch)
         if decode:
@@ -165,12 +167,32 @@ class Scheduler:
             return self._launch_decode(decode)
         return None
 
+    def _prefill_batch_size(self) -> int:
+        """How many admitted sequences (FIFO) the next prefill takes: up to
+        ``MAX_PREFILL_PER_STEP``, but at most one image not encoded recently. Encoding an
+        image dominates a prefill; one per step keeps decode steps flowing between them
+        instead of making every request of a burst wait for the whole burst's images."""
+        new: set[str] = set()
+        n = 0
+        for s in self.admitted[:MAX_PREFILL_PER_STEP]:
+            if s.image_key not in self._recent_images and s.image_key not in new:
+                if new:
+                    break
+                new.add(s.image_key)
+            n += 1
+        for key in (s.image_key for s in self.admitted[:n]):
+            self._recent_images[key] = None
+            self._recent_images.move_to_end(key)
+        while len(self._recent_images) > self.runner.cfg.image_cache_size:
+            self._recent_images.popitem(last=False)
+        return max(n, 1)
+
     def _launch_prefill(self, seqs: list[Sequence]) -> InFlightStep[int]:
         step = self.pipeline.launch(s.seq_id for s in seqs)
         slot = self.runner.slots[step.slot]
         items = [
             PrefillItem(seq_slot=s.seq_slot, image_key=s.image_key, crops=s.crops, tiling=s.tiling,
-                        prompt_ids=s.prompt_ids, page_ids=s.page_ids)
+                        image=s.image, prompt_ids=s.prompt_ids, page_ids=s.page_ids)
             for s in seqs
         ]
         for s in seqs:

@@ -37,9 +37,10 @@ class Sequence:
     sink: SinkProto
     constraint: Constraint
     prompt_ids: tuple[int, ...]
-    crops: np.ndarray  # (n, 378, 378, 3) uint8
+    crops: np.ndarray | None  # (n, 378, 378, 3) uint8; None when the image was cached at submit
     tiling: tuple[int, int]
     image_key: str
+    image: bytes
     temperature: float
     top_p: float
     max_outputs: int  # outputs this sequence may produce (max_tokens after context fit)

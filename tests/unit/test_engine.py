@@ -15,6 +15,7 @@ from moonpipe.engine import Engine
 from moonpipe.errors import EngineStopped, InvalidRequest, QueueFull, RequestTooLarge
 from moonpipe.model.checkpoint import ensure_checkpoint
 from moonpipe.request import Request
+from moonpipe.runtime.runner import image_key
 
 SKILLS = [("caption", ""), ("query", "what is here?"), ("point", "cat"), ("detect", "dog"), ("segment", "cup")]
 
@@ -271,3 +272,17 @@ def test_bucket_padding_rows_do_not_disturb_real_rows(ckpt: Path) -> None:
         got = {rid: signature(s.result) for rid, s in run_all(padded, mixed_requests("p-")).items()}
         assert_drained(padded)
     assert got == want
+
+
+def test_cached_image_skips_decode_and_survives_eviction(ckpt: Path) -> None:
+    """A repeated image is not decoded again at submit; if its cached embedding is evicted
+    before its prefill, the runner decodes it there, with the same result."""
+    img_a, img_b = png_bytes(21), png_bytes(22)
+    with make_engine(ckpt, image_cache_size=1) as eng:
+        first = run_all(eng, [Request("a1", "caption", img_a, max_tokens=6, temperature=0.0)])["a1"].result
+        assert eng.runner.has_image(image_key(img_a))
+        # b is submitted first, so its image is encoded first and evicts a's embedding.
+        sinks = run_all(eng, [Request("b", "caption", img_b, max_tokens=6, temperature=0.0),
+                              Request("a2", "caption", img_a, max_tokens=6, temperature=0.0)])
+        assert sinks["a2"].result.token_ids == first.token_ids
+        assert_drained(eng)
