@@ -31,7 +31,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -137,14 +137,23 @@ def build_command(triton_root: Path, model_repository: Path, *, host: str = "127
     ]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the parent dies (Linux), so a killed
-    ``moonpipe serve`` or pytest does not leave a server running."""
-    with contextlib.suppress(OSError, AttributeError):
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``), so a killed ``moonpipe serve`` or pytest leaves no server behind.
+    libc is loaded here, in the parent: the hook itself only calls ``prctl`` (no imports or
+    allocations between fork and exec)."""
+    try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sig = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 def _mapped_paths() -> set[str]:
@@ -244,7 +253,7 @@ class TritonServer:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=server_environment(extra=self.env), start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent_hook(),
             )
 
     def wait_ready(self, timeout: float = 120.0) -> None:

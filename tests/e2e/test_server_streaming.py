@@ -1,0 +1,44 @@
+"""The first end-to-end path: a caption streamed over gRPC from the real tritonserver."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from conftest import Caller, ServerHandle
+
+pytestmark = pytest.mark.e2e
+
+
+def test_server_is_ready_with_the_moondream_model(triton_server: ServerHandle) -> None:
+    for path in ("/v2/health/ready", "/v2/models/moondream/ready"):
+        with urllib.request.urlopen(triton_server.http_url + path, timeout=5) as resp:
+            assert resp.status == 200
+
+
+def test_caption_streams_several_responses_then_a_final_one(
+        moondream: Caller, sample_image_bytes: bytes) -> None:
+    replies = moondream.run("caption", sample_image_bytes, stream=True, max_tokens=12)
+
+    assert all(r.error is None for r in replies), replies[-1].error
+    assert len(replies) >= 3  # several streamed responses, not one blob
+    assert [r.final for r in replies] == [False] * (len(replies) - 1) + [True]
+    # they arrived one by one, not all at once at the end
+    assert replies[-1].arrived > replies[0].arrived
+    final = replies[-1]
+    assert final.scalar("FINISH_REASON") in ("stop", "length")
+    assert final.scalar("NUM_INPUT_TOKENS") > 0
+    text = "".join(r.text() for r in replies)
+    assert text.strip()
+    assert final.scalar("NUM_OUTPUT_TOKENS") >= len(replies) - 1
+
+
+def test_non_streaming_caption_is_one_final_response_with_the_whole_text(
+        moondream: Caller, sample_image_bytes: bytes) -> None:
+    streamed = moondream.run("caption", sample_image_bytes, stream=True, max_tokens=12, temperature=0.0)
+    whole = moondream.run("caption", sample_image_bytes, stream=False, max_tokens=12, temperature=0.0)
+
+    assert len(whole) == 1 and whole[0].final and whole[0].error is None
+    # greedy (temperature 0) caption of the same image: the streamed deltas add up to the whole text
+    assert whole[0].text() == "".join(r.text() for r in streamed)
+    assert whole[0].scalar("NUM_OUTPUT_TOKENS") == streamed[-1].scalar("NUM_OUTPUT_TOKENS")
