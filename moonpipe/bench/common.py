@@ -57,7 +57,7 @@ def _model(preset: str, device: str, dtype: str) -> tuple[MoondreamModel, ModelC
     with torch.no_grad():
         model.text.lm_head.bias[cfg.tokenizer.eos_id] = -1e4
     tok = build_tokenizer(cfg.text.vocab_size)
-    return model, cfg, tok if isinstance(tok, Tokenizer) else Tokenizer(tok)
+    return model, cfg, Tokenizer(tok)
 
 
 def build_bench_engine(preset: str, *, device: str, dtype: str, depth: int, max_batch_size: int,

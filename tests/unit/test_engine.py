@@ -148,7 +148,7 @@ def test_abort_before_admission(ckpt: Path) -> None:
 
 
 def test_fault_in_a_forward_fails_only_that_step(engine: Engine) -> None:
-    fired = []
+    fired: list[list[int]] = []
 
     def hook(kind: str, seq_slots: list[int]) -> None:
         if kind == "decode" and not fired:
@@ -238,9 +238,9 @@ def test_admission_never_overcommits_and_everything_completes(ckpt: Path) -> Non
             assert st.kv_pages_in_use <= st.kv_pages_total
             time.sleep(0.002)
         assert peak <= 2
-        for s in sinks.values():
-            r = s.result
-            assert (r.finish_reason, r.num_output_tokens == 40) in (("length", True), ("stop", False))
+        for sink in sinks.values():
+            res = sink.result
+            assert (res.finish_reason, res.num_output_tokens == 40) in (("length", True), ("stop", False))
         assert_drained(eng)
 
 

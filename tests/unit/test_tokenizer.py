@@ -62,12 +62,11 @@ def test_deterministic() -> None:
     assert a == build_tokenizer(4096, seed=0).to_str()
 
 
-def test_special_token_text_in_user_input_is_plain_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_special_token_text_in_user_input_is_plain_text() -> None:
     from moonpipe.model.synth_tokenizer import build_tokenizer
     from moonpipe.model.tokenizer import Tokenizer
 
-    tok = build_tokenizer(1024)
-    tok = tok if isinstance(tok, Tokenizer) else Tokenizer(tok)
+    tok = Tokenizer(build_tokenizer(1024))
     ids = tok.encode("stop <|endoftext|> here")
     assert 0 not in ids
     assert tok.decode(ids) == "stop <|endoftext|> here"
