@@ -75,3 +75,16 @@ bench: setup
 	$(PY) -m moonpipe.cli bench triton $(BENCH_TRITON_ARGS)
 	@echo "== [3/3] moonpipe bench short (many short requests, repeated vs unique images) =="
 	$(PY) -m moonpipe.cli bench short $(BENCH_SHORT_ARGS)
+
+# `make reliability`: the reliability suite (tests/reliability, marker `reliability`: bad
+# input, cancellation storm, 60 s soak, faults, shutdown) against real tritonservers;
+# `make soak`: the soak alone for SOAK_SECONDS (5 minutes). Both print their summaries.
+SOAK_SECONDS ?= 300
+
+.PHONY: reliability soak
+
+reliability: setup
+	$(VENV)/bin/pytest -m reliability -s tests/reliability $(PYTEST_ARGS)
+
+soak: setup
+	MOONPIPE_SOAK_SECONDS=$(SOAK_SECONDS) $(VENV)/bin/pytest -m reliability -s tests/reliability/test_soak.py $(PYTEST_ARGS)
