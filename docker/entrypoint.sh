@@ -55,10 +55,28 @@ rendered="${runtime_dir}/model_repository"
 
 read -r -a extra_args <<< "${TRITON_EXTRA_ARGS:-}"
 log "starting tritonserver on ${rendered}"
-exec tritonserver \
+# Not exec: docker stop / the kubelet signal PID 1 only, but the Python-backend stub must
+# see SIGTERM too, so the adapter ends streams that cannot drain before the exit timeout
+# (model_repository/moondream/1/model.py). Forward it to the whole process group.
+tritonserver \
     --model-repository="${rendered}" \
     --disable-auto-complete-config \
     --exit-timeout-secs="${MOONPIPE_EXIT_TIMEOUT_SECS:-30}" \
     --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
     "${extra_args[@]}" \
-    "$@"
+    "$@" &
+server=$!
+# shellcheck disable=SC2329  # invoked by the traps below
+forward() {
+    trap '' TERM INT  # this shell ignores the signal it is about to send to its group
+    log "forwarding $1 to tritonserver and its stub"
+    kill -s "$1" 0
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+status=0
+while kill -0 "${server}" 2> /dev/null; do
+    wait "${server}" || status=$?  # returns early when a trapped signal arrives
+done
+wait "${server}" 2> /dev/null || status=$?
+exit "${status}"

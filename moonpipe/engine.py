@@ -19,6 +19,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,12 @@ class Engine:
             self.telemetry.count_request(submitted=1, prompt_tokens=seq.num_prompt_tokens)
             self.scheduler.inbox.put(Command("submit", seq=seq))
 
+    @property
+    def num_in_flight(self) -> int:
+        """Requests submitted and not yet given their final callback."""
+        with self._lock:
+            return len(self._active)
+
     def abort(self, request_id: str) -> None:
         """Cancel a request (idempotent): it ends with finish_reason 'cancelled'."""
         self.scheduler.inbox.put(Command("abort", request_id=request_id))
@@ -126,9 +133,9 @@ class Engine:
         """Return and reset cumulative decode-step totals (for benchmarks)."""
         return self.telemetry.reset_totals()
 
-    def set_fault_hook(self, hook: object) -> None:
+    def set_fault_hook(self, hook: Callable[[str, list[int]], None] | None) -> None:
         """Test-only: ``hook(kind, seq_slots)`` runs inside every forward; raising fails that step."""
-        self.runner.fault_hook = hook  # type: ignore[assignment]
+        self.runner.fault_hook = hook
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting, end every pending request (EngineStopped), join threads."""

@@ -287,8 +287,10 @@ class TritonServer:
         if proc is None:
             return None
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
+            # The whole group: the Python-backend stub must see the signal too, so the
+            # adapter ends in-flight streams and the model can unload (model.py).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -9,8 +9,10 @@ The entrypoint is run for real with fake ``tritonserver``/``moonpipe`` commands.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +188,41 @@ def test_entrypoint_refuses_a_missing_checkpoint_when_required(tmp_path: Path) -
     assert proc.returncode == 1
     assert "MOONPIPE_REQUIRE_CHECKPOINT=1" in proc.stderr
     assert "ARGS=" not in proc.stdout
+
+
+def test_entrypoint_forwards_sigterm_to_the_server_and_its_stub(tmp_path: Path) -> None:
+    """docker stop / the kubelet signal PID 1 only; the stub must see SIGTERM too."""
+    bin_dir = _fake_bin(tmp_path)
+    marker = tmp_path / "signals"
+    # A fake server with a fake "stub" child in its process group, both recording SIGTERM.
+    (bin_dir / "tritonserver").write_text(
+        "#!/bin/bash\n"
+        f"(trap 'echo stub >> {marker}; exit 0' TERM; while :; do sleep 0.05; done) &\n"
+        f"trap 'echo server >> {marker}; wait; exit 7' TERM\n"
+        "echo started\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "MOONPIPE_VENV": str(Path(sys.executable).parent.parent),
+        "MOONPIPE_RUNTIME_DIR": str(tmp_path / "run"),
+        "MOONPIPE_MODEL_REPOSITORY": str(ROOT / "model_repository"),
+        "MOONPIPE_CHECKPOINT": str(ckpt),
+    }
+    proc = subprocess.Popen(["bash", str(ROOT / "docker/entrypoint.sh")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        proc.send_signal(signal.SIGTERM)  # to the entrypoint (PID 1 in a container) only
+        assert proc.wait(timeout=20) == 7  # the server's own exit status is passed on
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert sorted(marker.read_text().split()) == ["server", "stub"]
 
 
 def test_render_sets_existing_and_new_parameters() -> None:

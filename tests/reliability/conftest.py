@@ -58,15 +58,16 @@ FAULT_PARAMETERS = {"max_batch_size": "4", "max_queue": "4", "stats_interval_ms"
 
 @pytest.fixture(scope="module")
 def fault_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """A dedicated server whose adapter is wrapped by the fault shim (support.FAULT_SHIM):
-    creating ``<fault_dir>/fail-step`` fails the next decode step, ``<fault_dir>/crash``
-    kills the scheduler thread. ``server.fault_dir`` is that folder."""
+    """A dedicated server with the adapter's test-only fault injection armed
+    (``MOONPIPE_TEST_FAULTS``, moonpipe/testing.py): creating ``<fault_dir>/fail-step``
+    fails the next decode step, ``<fault_dir>/crash`` kills the scheduler thread.
+    ``server.fault_dir`` is that folder."""
     base = tmp_path_factory.mktemp("fault-server")
     fault_dir = base / "triggers"
     fault_dir.mkdir()
-    repository = make_repository(base / "model_repository", FAULT_PARAMETERS, fault_shim=True)
+    repository = make_repository(base / "model_repository", FAULT_PARAMETERS)
     server = start_server(repository, tiny_checkpoint, base / "server.log",
-                          env={"MOONPIPE_TEST_FAULT_DIR": str(fault_dir)})
+                          env={"MOONPIPE_TEST_FAULTS": str(fault_dir)})
     server.fault_dir = fault_dir
     try:
         yield _target(server)

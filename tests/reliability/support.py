@@ -323,39 +323,6 @@ def group_rss_bytes(pgid: int) -> int:
 # A wrapper around the real adapter for fault injection through a real server. The real
 # model.py is copied next to it as adapter_under_test.py; the wrapper installs the engine's
 # test-only fault hook, armed by trigger files (one decode step per file).
-FAULT_SHIM = '''"""Test-only wrapper of the moondream adapter (tests/reliability): arms Engine.set_fault_hook."""
-
-from __future__ import annotations
-
-import os
-from typing import Any
-
-from adapter_under_test import TritonPythonModel as _Adapter
-
-
-class InjectedCrash(BaseException):
-    """Not an Exception: escapes the per-step handler and kills the scheduler thread."""
-
-
-class TritonPythonModel(_Adapter):
-    def initialize(self, args: dict[str, Any]) -> None:
-        super().initialize(args)
-        trigger_dir = os.environ["MOONPIPE_TEST_FAULT_DIR"]
-
-        def hook(kind: str, seq_slots: list[int]) -> None:
-            if kind != "decode":
-                return
-            for name, error in (("fail-step", RuntimeError(f"injected fault in a decode step of {len(seq_slots)} rows")),
-                                ("crash", InjectedCrash("injected scheduler crash"))):
-                path = os.path.join(trigger_dir, name)
-                try:
-                    os.unlink(path)  # one step per trigger file
-                except FileNotFoundError:
-                    continue
-                raise error
-
-        self._engine.set_fault_hook(hook)
-'''
 
 
 def set_parameter(config_text: str, key: str, value: str) -> str:
@@ -366,9 +333,8 @@ def set_parameter(config_text: str, key: str, value: str) -> str:
     return new
 
 
-def make_repository(target: Path, parameters: dict[str, str] | None = None, fault_shim: bool = False) -> Path:
-    """A copy of ``model_repository/`` under ``target`` with ``parameters`` changed and,
-    with ``fault_shim``, the adapter wrapped by :data:`FAULT_SHIM`. Returns the repository."""
+def make_repository(target: Path, parameters: dict[str, str] | None = None) -> Path:
+    """A copy of ``model_repository/`` under ``target`` with ``parameters`` changed."""
     model = target / MODEL
     version = model / "1"
     version.mkdir(parents=True)
@@ -377,11 +343,7 @@ def make_repository(target: Path, parameters: dict[str, str] | None = None, faul
         config = set_parameter(config, key, value)
     (model / "config.pbtxt").write_text(config)
     shutil.copy2(MODEL_DIR / "1" / "moondream_io.py", version / "moondream_io.py")
-    if fault_shim:
-        shutil.copy2(MODEL_DIR / "1" / "model.py", version / "adapter_under_test.py")
-        (version / "model.py").write_text(FAULT_SHIM)
-    else:
-        shutil.copy2(MODEL_DIR / "1" / "model.py", version / "model.py")
+    shutil.copy2(MODEL_DIR / "1" / "model.py", version / "model.py")
     return target
 
 

@@ -2,7 +2,7 @@
 
 The adapter has no fault switch of its own, so ``fault_server`` (conftest.py) serves a
 copy of the model repository whose ``model.py`` wraps the real adapter and installs
-``Engine.set_fault_hook``, armed by trigger files (support.FAULT_SHIM). The server runs
+``Engine.set_fault_hook``, armed by trigger files (``MOONPIPE_TEST_FAULTS``, moonpipe/testing.py). The server runs
 with ``max_batch_size`` 4 and ``max_queue`` 4, so the queue limit is reachable.
 
 Shutdown mid-load is in test_shutdown_server.py.
@@ -23,6 +23,8 @@ from reliability.support import (
     OpenStream,
     base_inputs,
     engine_gauges,
+    http_get,
+    metric_value,
     model_ready,
     picture,
     run_raw,
@@ -139,6 +141,18 @@ def test_crashed_scheduler_ends_every_pending_request_with_an_error(fault_server
     assert late.error.startswith("UNAVAILABLE: the model is shutting down or its engine stopped"), late.error
     assert stub_pids(fault_server.pgid) == stubs_at_start, "the stub process died with the scheduler"
     assert "scheduler thread crashed" in fault_server.log_text()
+    # What Triton 2.51 lets a Python model say about its health: the engine-ready gauge
+    # (the readiness probe in docker/k8s checks it; /v2/models/.../ready cannot, below).
+    deadline = time.monotonic() + 10
+    while _engine_ready_gauge(fault_server) != 0.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _engine_ready_gauge(fault_server) == 0.0
+
+
+def _engine_ready_gauge(target: Target) -> float:
+    status, text = http_get(target.metrics_url)
+    assert status == 200
+    return metric_value(text, "moonpipe_engine_ready")
 
 
 @pytest.mark.xfail(strict=True, reason=(

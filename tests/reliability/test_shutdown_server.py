@@ -7,15 +7,16 @@ unloading in time, a Triton bug of its own, and the race with the signal is real
 waits up to ``--exit-timeout-secs`` (5 s under ``moonpipe.triton_local``) for the model to
 unload. A decoupled model unloads only after every open request got its FINAL response
 (each request's response factory holds the model), and the adapter's ``finalize`` runs
-only after that, so in-flight requests *drain*: they run to their normal end.
+only after that. Left alone, a request longer than the exit timeout would keep the model
+loaded: Triton then gives up ("Exit timeout expired. Exiting immediately."), crashes
+during exit (SIGSEGV) and hangs with the streams open. So the adapter watches for the
+signal itself (model.py ``_StopSignalWatch``): it stops accepting, lets in-flight
+requests finish for ``shutdown_drain_s`` and ends the rest with ``UNAVAILABLE``.
 
-* Requests that fit in the exit timeout end with their normal final response and the
+* Requests that fit in the drain time end with their normal final response and the
   server exits 0 (first test).
-* Requests that do not fit: Triton gives up ("Exit timeout expired. Exiting
-  immediately."), the process crashes during exit (SIGSEGV, then a hang) and the open
-  streams stay open until the process is killed. The second test asserts the wanted
-  behaviour and is marked ``xfail(strict=True)`` until the adapter ends in-flight
-  requests itself on shutdown.
+* Requests that do not fit end with ``UNAVAILABLE: the server is shutting down`` and the
+  server exits 0 (second test).
 """
 
 from __future__ import annotations
@@ -83,10 +84,6 @@ def test_sigterm_mid_load_drains_requests_that_fit_the_exit_timeout(fresh_server
     assert "moonpipe: finalized" in target.log_text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a request longer than --exit-timeout-secs keeps the decoupled model loaded, so "
-    "finalize never runs; Triton 2.51 then crashes on exit (SIGSEGV) and hangs with the "
-    "streams open. Needs the adapter to end in-flight requests when shutdown begins"))
 def test_sigterm_mid_load_ends_every_open_stream_even_long_ones(fresh_server_factory: Any) -> None:
     target: Target = fresh_server_factory(PARAMETERS)
     pgid = target.pgid
@@ -99,7 +96,9 @@ def test_sigterm_mid_load_ends_every_open_stream_even_long_ones(fresh_server_fac
             queued = [OpenStream(channel, base_inputs("caption", picture(10 + i), **long)) for i in range(4)]
             _wait_gauges(target, running=4, queued=4)
 
-            os.kill(pgid, signal.SIGTERM)
+            # To the process group, as the container entrypoint forwards docker's / the
+            # kubelet's SIGTERM: the stub must see it to end what cannot drain in time.
+            os.killpg(pgid, signal.SIGTERM)
             deadline = time.monotonic() + 15.0  # three exit timeouts
             for s in running + queued:
                 s.done.wait(max(0.0, deadline - time.monotonic()))
@@ -107,7 +106,13 @@ def test_sigterm_mid_load_ends_every_open_stream_even_long_ones(fresh_server_fac
             alive = target.server.running()
             print(f"\nSIGTERM, long requests, 15 s later: streams {dict(kinds)}, server alive: {alive}")
             assert "open" not in kinds, f"streams still open 15 s after SIGTERM: {dict(kinds)}"
+            assert set(kinds) <= {"error", "final:length", "final:stop"}, kinds
+            for s in running + queued:
+                if s.outcome.error is not None:
+                    assert "UNAVAILABLE" in s.outcome.error, s.outcome.error
             wait_until(lambda: not target.server.running(), timeout=15, what="tritonserver to exit")
+            assert target.server.stop() == 0, target.log_tail()
+            assert "moonpipe: finalized" in target.log_text()
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)  # never leave a hung server behind

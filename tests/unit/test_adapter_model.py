@@ -156,7 +156,8 @@ def model_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[types.Module
 
 def _args(checkpoint: Path, **params: str) -> dict[str, str]:
     values = {"checkpoint": str(checkpoint), "device": "cpu", "dtype": "float32", "max_batch_size": "4",
-              "cancel_check_interval_ms": "20", "stats_interval_ms": "50", **params}
+              "cancel_check_interval_ms": "20", "stats_interval_ms": "50",
+              "handle_stop_signals": "0", **params}
     config = {"parameters": {k: {"string_value": v} for k, v in values.items()}}
     return {"model_config": json.dumps(config), "model_repository": str(MODEL_DIR), "model_name": "moondream",
             "model_version": "1"}

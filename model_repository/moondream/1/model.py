@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +49,7 @@ from moondream_io import (
 from moonpipe.engine import Engine
 from moonpipe.errors import EngineError, EngineStopped, RequestFailed
 from moonpipe.request import Delta, Request, Result
+from moonpipe.testing import FAULTS_ENV, file_trigger_fault_hook
 
 _TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28]
@@ -104,6 +107,7 @@ class _Metrics:
             "idle": f("moonpipe_step_idle_ms", "Recent mean device idle time per step (the bubble)", f.GAUGE),
             "batch": f("moonpipe_batch_size_mean", "Recent mean decode batch size", f.GAUGE),
             "depth": f("moonpipe_pipeline_depth", "Steps in flight (1 blocking, 2 pipelined)", f.GAUGE),
+            "ready": f("moonpipe_engine_ready", "1 while the engine accepts requests, 0 after a crash or at shutdown", f.GAUGE),
         }
         self._by_key: dict[tuple[str, str], Any] = {}
         self.ttft = self._families["ttft"].Metric(labels=self.labels, buckets=_TTFT_BUCKETS)
@@ -115,7 +119,8 @@ class _Metrics:
             for name, family in (("queue_depth", "queue"), ("running", "running"), ("zombies", "zombies"),
                                  ("kv_pages_in_use", "kv_used"), ("kv_pages_total", "kv_total"),
                                  ("period_ms", "period"), ("idle_ms", "idle"),
-                                 ("batch_size_mean", "batch"), ("pipeline_depth", "depth"))
+                                 ("batch_size_mean", "batch"), ("pipeline_depth", "depth"),
+                                 ("ready", "ready"))
         }
 
     def count_request(self, skill: str, finish_reason: str) -> None:
@@ -129,6 +134,36 @@ class _Metrics:
     def export_stats(self, stats: Any) -> None:
         for name, gauge in self.gauges.items():
             gauge.set(float(getattr(stats, name)))
+
+
+class _StopSignalWatch:
+    """Ends the engine's work when the server is told to stop (SIGTERM/SIGINT).
+
+    Triton unloads a decoupled model only after its in-flight requests ended, and calls
+    ``finalize`` only after that; a long stream would hold the server past its exit
+    timeout, after which Triton 2.51 exits hard with the streams still open. So on the
+    signal the adapter stops accepting, lets requests finish for ``drain_s``, then shuts
+    the engine down: every request left gets ``UNAVAILABLE: the server is shutting down``.
+    The stub's main thread sits in C++, where a Python handler would not run; the C-level
+    handler writes to a wakeup fd and this thread reacts. The signal must reach the
+    stub: send it to the server's process group (``kill -TERM -<pgid>``), as
+    ``moonpipe serve`` and the container entrypoint do.
+    """
+
+    def __init__(self, on_stop: Callable[[], None], log: Callable[[str], None]) -> None:
+        self._read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # installs the C handler that feeds the fd
+        signal.set_wakeup_fd(write_fd)
+        self._on_stop = on_stop
+        self._log = log
+        threading.Thread(target=self._run, name="moonpipe-signals", daemon=True).start()
+
+    def _run(self) -> None:
+        data = os.read(self._read_fd, 1)
+        self._log(f"moonpipe: stop signal {data[0] if data else '?'} received: draining")
+        self._on_stop()
 
 
 class _Sender:
@@ -374,7 +409,33 @@ class TritonPythonModel:
         self._sink = _QueueSink(self._sender.events)
         self._ids = itertools.count()
         self._accepting = True
+        fault_dir = os.environ.get(FAULTS_ENV)
+        if fault_dir:  # test-only (moonpipe/testing.py); never set in production
+            self._logger.log_warn(f"moonpipe: TEST FAULT INJECTION armed from {fault_dir}")
+            self._engine.set_fault_hook(file_trigger_fault_hook(fault_dir))
+        self._signals: _StopSignalWatch | None = None
+        if self._config.handle_stop_signals:
+            try:
+                self._signals = _StopSignalWatch(self._drain_and_stop, self._logger.log_info)
+            except ValueError as exc:  # not the main thread: rely on finalize alone
+                self._logger.log_warn(f"moonpipe: no stop-signal handling: {exc}")
         self._logger.log_info("moonpipe: engine ready")
+
+    def is_ready(self) -> bool:
+        """Model readiness for Python backends that ask the model (python_backend#430,
+        newer than Triton 2.51); on 2.51 watch the ``moonpipe_engine_ready`` gauge."""
+        return bool(self._accepting and self._engine.ready)
+
+    def _drain_and_stop(self) -> None:
+        if not self._accepting:
+            return
+        self._accepting = False
+        deadline = time.monotonic() + float(self._config.shutdown_drain_s)
+        while self._engine.num_in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self._engine.num_in_flight
+        self._logger.log_info(f"moonpipe: drained; ending {left} request(s) still in flight")
+        self._engine.shutdown(timeout=float(self._config.shutdown_timeout_s))
 
     def execute(self, requests: list[Any]) -> None:
         for triton_request in requests:

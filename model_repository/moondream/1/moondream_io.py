@@ -205,10 +205,15 @@ class AdapterConfig:
     cancel_check_interval_ms: int = 100  # how often a live request's is_cancelled() is polled
     stats_interval_ms: int = 500  # how often engine gauges are exported
     shutdown_timeout_s: int = 10
+    shutdown_drain_s: int = 2  # on SIGTERM/SIGINT: how long in-flight requests may finish
+    handle_stop_signals: int = 1  # 0: leave SIGTERM/SIGINT to Triton (in-process unit tests)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if getattr(self, f.name) <= 0:
+            if f.name == "handle_stop_signals":
+                if getattr(self, f.name) not in (0, 1):
+                    raise ValueError("config.pbtxt parameter 'handle_stop_signals' must be 0 or 1")
+            elif getattr(self, f.name) <= 0:
                 raise ValueError(f"config.pbtxt parameter {f.name!r} must be positive")
 
 
