@@ -308,6 +308,17 @@ def check_kustomization_listing(k8s_dir: Path) -> list[str]:
     return problems
 
 
+def _probe_path(probe: dict[str, Any]) -> str | None:
+    """The health path a probe checks: ``httpGet.path``, or the argument of an exec of
+    ``docker/healthcheck.py`` (which checks that path plus the engine gauge)."""
+    if "httpGet" in probe:
+        return probe["httpGet"].get("path")
+    command = [str(c) for c in (probe.get("exec") or {}).get("command") or []]
+    if len(command) == 3 and command[1].endswith("/healthcheck.py"):
+        return command[2]
+    return None
+
+
 def check_manifest_consistency(root: Path, docs: Sequence[dict[str, Any]]) -> list[str]:
     """Cross-file agreement of the rendered manifests (ports, probes, metrics, CRDs)."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
@@ -323,8 +334,7 @@ def check_manifest_consistency(root: Path, docs: Sequence[dict[str, Any]]) -> li
     gpu = (container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu")
     if str(gpu) != "1":
         problems.append("Deployment: container must limit nvidia.com/gpu to 1")
-    probes = {k: (container.get(k) or {}).get("httpGet", {}).get("path")
-              for k in ("livenessProbe", "readinessProbe", "startupProbe")}
+    probes = {k: _probe_path(container.get(k) or {}) for k in ("livenessProbe", "readinessProbe", "startupProbe")}
     if probes != {"livenessProbe": "/v2/health/live", "readinessProbe": "/v2/health/ready",
                   "startupProbe": "/v2/health/ready"}:
         problems.append(f"Deployment: probe paths {probes}")

@@ -197,8 +197,9 @@ def test_entrypoint_forwards_sigterm_to_the_server_and_its_stub(tmp_path: Path) 
     # A fake server with a fake "stub" child in its process group, both recording SIGTERM.
     (bin_dir / "tritonserver").write_text(
         "#!/bin/bash\n"
-        f"(trap 'echo stub >> {marker}; exit 0' TERM; while :; do sleep 0.05; done) &\n"
+        f"(trap 'echo stub >> {marker}; exit 0' TERM; : > {marker}.stub; while :; do sleep 0.05; done) &\n"
         f"trap 'echo server >> {marker}; wait; exit 7' TERM\n"
+        f"while [ ! -e {marker}.stub ]; do sleep 0.01; done\n"
         "echo started\n"
         "while :; do sleep 0.05; done\n"
     )
@@ -306,10 +307,33 @@ def test_manifest_consistency_catches_a_wrong_hpa_metric() -> None:
         if doc["kind"] == "HorizontalPodAutoscaler":
             doc["spec"]["metrics"][0]["pods"]["metric"]["name"] = "nv_inference_queue_duration_us"
         if doc["kind"] == "Deployment":
-            doc["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["path"] = "/x"
+            doc["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"][2] = "/x"
     problems = static.check_manifest_consistency(ROOT, docs)
     assert any("HPA metric nv_inference_queue_duration_us" in p for p in problems)
     assert any("probe paths" in p for p in problems)
+
+
+def test_healthcheck_script_reads_triton_and_the_engine_gauge(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("healthcheck", ROOT / "docker/healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    hc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hc)
+    answers: dict[str, tuple[int, str]] = {}
+    monkeypatch.setattr(hc, "_get", lambda url: answers[url.rsplit(":", 1)[-1].split("/", 1)[-1]])
+    ok = 'moonpipe_engine_ready{model="moondream"} 1\n'
+    dead = 'moonpipe_engine_ready{model="moondream"} 0\n'
+    answers.update({"v2/health/live": (200, ""), "v2/health/ready": (200, ""), "metrics": (200, ok)})
+    assert hc.check("/v2/health/live") is None and hc.check("/v2/health/ready") is None
+    answers["metrics"] = (200, dead)
+    assert "engine stopped" in str(hc.check("/v2/health/live"))
+    assert "engine stopped" in str(hc.check("/v2/health/ready"))
+    answers["metrics"] = (200, "nv_gpu_utilization 0\n")  # still loading: alive, not ready
+    assert hc.check("/v2/health/live") is None and hc.check("/v2/health/ready") is not None
+    answers["v2/health/ready"] = (503, "")
+    assert "answered 503" in str(hc.check("/v2/health/ready"))
+    assert hc.main(["healthcheck.py", "/bogus"]) == 2
 
 
 def test_validate_deploy_cli_reports_failures(tmp_path: Path) -> None:
