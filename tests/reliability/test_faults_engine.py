@@ -28,6 +28,7 @@ from moonpipe.config import EngineConfig
 from moonpipe.engine import Engine
 from moonpipe.errors import EngineError, EngineStopped, RequestFailed
 from moonpipe.request import Delta, Request, Result
+from moonpipe.testing import InjectedCrash
 
 pytestmark = pytest.mark.reliability
 
@@ -59,10 +60,6 @@ class Sink:
     @property
     def finals(self) -> int:
         return len(self.results) + len(self.errors)
-
-
-class InjectedCrash(BaseException):
-    """Not an Exception: escapes the per-step handler and kills the scheduler thread."""
 
 
 def _png(seed: int) -> bytes:

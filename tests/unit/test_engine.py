@@ -16,6 +16,7 @@ from moonpipe.errors import EngineStopped, InvalidRequest, QueueFull, RequestToo
 from moonpipe.model.checkpoint import ensure_checkpoint
 from moonpipe.request import Request
 from moonpipe.runtime.runner import image_key
+from moonpipe.testing import InjectedCrash
 
 SKILLS = [("caption", ""), ("query", "what is here?"), ("point", "cat"), ("detect", "dog"), ("segment", "cup")]
 
@@ -169,16 +170,12 @@ def test_fault_in_a_forward_fails_only_that_step(engine: Engine) -> None:
     assert_drained(engine)
 
 
-class _Crash(BaseException):
-    """Not an Exception: escapes the per-step handler and kills the scheduler thread."""
-
-
 def test_crashed_scheduler_reports_not_ready_and_fails_pending(ckpt: Path) -> None:
     eng = make_engine(ckpt)
     try:
         def hook(kind: str, seq_slots: list[int]) -> None:
             if kind == "decode":
-                raise _Crash("boom")
+                raise InjectedCrash("boom")
 
         eng.set_fault_hook(hook)
         sinks = {}
