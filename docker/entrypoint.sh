@@ -73,7 +73,7 @@ forward() {
     kill -s "$1" 0
 }
 trap 'forward TERM' TERM
-trap 'forward INT' INT
+trap 'forward TERM' INT  # the stub drains on SIGTERM (model.py), so Ctrl-C becomes TERM
 status=0
 while kill -0 "${server}" 2> /dev/null; do
     wait "${server}" || status=$?  # returns early when a trapped signal arrives

@@ -198,7 +198,7 @@ class TritonServer:
 
     ``start()`` launches it (own process group, log to ``log_path``), ``wait_ready()``
     polls ``/v2/health/ready`` and fails early with the log tail if the process exits,
-    ``stop()`` sends SIGINT, then SIGKILL to the whole group after a grace period, and
+    ``stop()`` sends SIGTERM to the group (the stub drains on it), then SIGKILL to the whole group after a grace period, and
     removes shared-memory regions left without an owner.
     """
 
@@ -287,10 +287,10 @@ class TritonServer:
         if proc is None:
             return None
         if proc.poll() is None:
-            # The whole group: the Python-backend stub must see the signal too, so the
+            # SIGTERM to the whole group: the Python-backend stub must see it too, so the
             # adapter ends in-flight streams and the model can unload (model.py).
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -137,7 +137,7 @@ class _Metrics:
 
 
 class _StopSignalWatch:
-    """Ends the engine's work when the server is told to stop (SIGTERM/SIGINT).
+    """Ends the engine's work when the server is told to stop (SIGTERM).
 
     Triton unloads a decoupled model only after its in-flight requests ended, and calls
     ``finalize`` only after that; a long stream would hold the server past its exit
@@ -153,8 +153,10 @@ class _StopSignalWatch:
     def __init__(self, on_stop: Callable[[], None], log: Callable[[str], None]) -> None:
         self._read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)  # installs the C handler that feeds the fd
+        # SIGTERM only: the stub keeps its own SIGINT disposition (replacing it kept the
+        # model from unloading in our runs); `moonpipe serve` and the container
+        # entrypoint stop the server's group with SIGTERM.
+        signal.signal(signal.SIGTERM, lambda *_: None)  # installs the C handler feeding the fd
         signal.set_wakeup_fd(write_fd)
         self._on_stop = on_stop
         self._log = log

@@ -205,8 +205,8 @@ class AdapterConfig:
     cancel_check_interval_ms: int = 100  # how often a live request's is_cancelled() is polled
     stats_interval_ms: int = 500  # how often engine gauges are exported
     shutdown_timeout_s: int = 10
-    shutdown_drain_s: int = 2  # on SIGTERM/SIGINT: how long in-flight requests may finish
-    handle_stop_signals: int = 1  # 0: leave SIGTERM/SIGINT to Triton (in-process unit tests)
+    shutdown_drain_s: int = 2  # on SIGTERM: how long in-flight requests may finish
+    handle_stop_signals: int = 1  # 0: leave SIGTERM to Triton (in-process unit tests)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
