@@ -25,10 +25,11 @@ import numpy as np
 
 from moonpipe.errors import EngineError, EngineStopped, RequestFailed
 from moonpipe.output import OutputEvent, OutputProcessor
-from moonpipe.request import FinishReason
+from moonpipe.request import Box, FinishReason, Point
 from moonpipe.runtime.kv_cache import pages_needed
-from moonpipe.runtime.runner import ModelRunner, PrefillItem, SamplingFlags
+from moonpipe.runtime.runner import ModelRunner, PrefillItem
 from moonpipe.scheduler.pipeline import InFlightStep, Pipeline
+from moonpipe.scheduler.sampling_plan import plan_sampling
 from moonpipe.scheduler.sequence import SeqState, Sequence
 from moonpipe.skills.base import Feed, StepOutput, StepSpec
 from moonpipe.telemetry import Telemetry
@@ -240,40 +241,11 @@ class Scheduler:
                     return
                 raise RuntimeError(f"constraint of {s.request_id} has no spec for output {k} after commit")
             specs.append(spec)
-        b = len(specs)
-        temperature = np.empty(b, dtype=np.float32)
-        top_p = np.empty(b, dtype=np.float32)
-        greedy = np.empty(b, dtype=np.bool_)
-        mask_ids = np.empty(b, dtype=np.int64)
-        feed = np.empty(b, dtype=np.int64)
-        banned = np.zeros((b, StepSpec.MAX_BANNED), dtype=np.int64)
-        banned_valid = np.zeros((b, StepSpec.MAX_BANNED), dtype=np.bool_)
-        any_coord = any_size = False
-        for row, (s, spec) in enumerate(zip(info.seqs, specs)):
-            temperature[row] = s.temperature
-            top_p[row] = s.top_p
-            greedy[row] = spec.greedy or s.temperature <= 0.0
-            mask_ids[row] = spec.mask
-            feed[row] = int(spec.feed)
-            if spec.banned_ids:
-                n = len(spec.banned_ids)
-                banned[row, :n] = spec.banned_ids
-                # Pad with a duplicate of a banned id, itself banned: scatter then writes
-                # the same value to every duplicate index (no write race).
-                banned[row, n:] = spec.banned_ids[0]
-                banned_valid[row, :] = True
-            any_coord |= spec.spatial == 1
-            any_size |= spec.spatial == 2
-        flags = SamplingFlags(
-            any_mask=bool(mask_ids.any()),
-            any_banned=bool(banned_valid.any()),
-            any_sampled=not bool(greedy.all()),
-            any_coord=any_coord,
-            any_size=any_size,
-        )
+        plan = plan_sampling(specs, [s.temperature for s in info.seqs], [s.top_p for s in info.seqs])
         slot = self.runner.slots[step.slot]
-        self.runner.stage_sampling(slot, temperature, top_p, greedy, mask_ids, banned, banned_valid, feed)
-        self.runner.launch_sampling(slot, flags)
+        self.runner.stage_sampling(slot, plan.temperature, plan.top_p, plan.greedy, plan.mask_ids,
+                                   plan.banned, plan.banned_valid, plan.feed)
+        self.runner.launch_sampling(slot, plan.flags)
         self.pipeline.mark_finalized(step)
 
     # ------------------------------------------------------------------ commit
@@ -330,7 +302,7 @@ class Scheduler:
     # --------------------------------------------------------------- lifecycle
     def _finish(self, s: Sequence, reason: str, events: list[OutputEvent], *,
                 error: EngineError | None = None, new_tokens: list[int] | None = None,
-                new_points: list | None = None, new_boxes: list | None = None) -> None:
+                new_points: list[Point] | None = None, new_boxes: list[Box] | None = None) -> None:
         """Emit the final output now (early); free resources when no step holds it (late)."""
         if s.finished:
             return
