@@ -145,7 +145,13 @@ class Engine:
             self._accepting = False
         self.scheduler.inbox.put(Command("stop"))
         self._thread.join(timeout=timeout)
-        self.output.close(timeout=timeout)
+        if self._thread.is_alive():
+            # Still draining (e.g. a long CPU prefill): closing the workers or the output
+            # thread now would strand the final callbacks it is about to emit. Leave them
+            # (daemon threads); the scheduler delivers every final when it gets there.
+            log.warning("engine shutdown: the scheduler is still draining after %.1f s", timeout)
+            return
+        self.output.close(timeout=timeout)  # after every final event was queued
         self.runner.close()
 
     def __enter__(self) -> Engine:

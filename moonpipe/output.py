@@ -79,8 +79,12 @@ class OutputProcessor:
             for ev in batch:
                 try:
                     self._deliver(ev)
-                except Exception:
-                    log.exception("output processing failed for %s", ev.request.request_id)
+                except Exception as exc:
+                    rid = ev.request.request_id
+                    log.exception("output processing failed for %s", rid)
+                    if ev.final:  # the contract: one final callback, whatever failed
+                        self._detok.pop(rid, None)
+                        _safe(ev.sink.on_error, rid, RequestFailed(f"INTERNAL: output processing failed: {exc}"))
 
     def _deliver(self, ev: OutputEvent) -> None:
         rid = ev.request.request_id

@@ -141,7 +141,7 @@ class ModelRunner:
                     for pb in reversed(self.page_buckets):
                         slot.batch = 0
                         self._stage_rows(slot, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
-                                         zeros, bb, pb)
+                                         zeros[:0], bb, pb)
                         slot.upload_inputs()
                         torch.cuda.synchronize(self.device)
                         graphs.capture((slot.index, bb, pb), functools.partial(self._decode_forward, slot))
@@ -200,8 +200,23 @@ class ModelRunner:
         DecodeSlot.host_np(slot.feed)[:b] = feed
 
     # ------------------------------------------------------------------ launches
+    def _guarded(self, slot: DecodeSlot, fn: Callable[[], None]) -> None:
+        """Run a launch step; an exception (CUDA: raised here, on the scheduler thread)
+        is kept on the slot and raised by ``read_outputs``, so it fails this step's
+        requests only, as a failed closure does on the CPU workers."""
+        if slot.error is not None:
+            return
+        try:
+            fn()
+        except Exception as exc:
+            slot.error = exc
+
     def launch_decode(self, slot: DecodeSlot) -> None:
         """Enqueue the upload of staged inputs and one decode forward (+ lm head)."""
+        slot.error = None
+        self._guarded(slot, lambda: self._launch_decode(slot))
+
+    def _launch_decode(self, slot: DecodeSlot) -> None:
         st = self.streams
         st.upload.run(slot.upload_inputs)
         st.compute.wait(st.upload.record())
@@ -217,6 +232,10 @@ class ModelRunner:
         slot.events.forward_end = st.compute.record()
 
     def launch_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
+        slot.error = None
+        self._guarded(slot, lambda: self._launch_prefill(slot, items))
+
+    def _launch_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
         st = self.streams
         st.upload.run(slot.upload_inputs)
         st.compute.wait(st.upload.record())
@@ -227,6 +246,9 @@ class ModelRunner:
 
     def launch_sampling(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
         """Enqueue the upload of sampling parameters, sampling, and the D2H copy."""
+        self._guarded(slot, lambda: self._launch_sampling(slot, flags))
+
+    def _launch_sampling(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
         st = self.streams
         st.upload.run(slot.upload_sampling)
         st.compute.wait(st.upload.record())
@@ -244,6 +266,10 @@ class ModelRunner:
         Raises the exception of a failed forward/sampling of this step (CPU worker), so
         the scheduler can fail exactly the requests of this step.
         """
+        if slot.error is not None:
+            error, slot.error = slot.error, None
+            self.synchronize()  # nothing of this step may still run when the slot is reused
+            raise error
         for ev in slot.events.all():
             ev.synchronize()
         b = slot.batch

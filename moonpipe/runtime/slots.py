@@ -83,7 +83,7 @@ class DecodeSlot:
     batch: int = 0
     bucket: int = 0
     num_pages: int = 0
-    graphs: dict[int, object] = field(default_factory=dict)
+    error: Exception | None = None  # a launch of this slot's step failed (read_outputs raises it)
 
     def __post_init__(self) -> None:
         b, p, dev = self.max_batch, self.max_pages, self.device

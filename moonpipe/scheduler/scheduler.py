@@ -264,37 +264,39 @@ class Scheduler:
         now = time.perf_counter()
         events: list[OutputEvent] = []
         zombies = outputs = 0
-        for row, s in enumerate(info.seqs):
-            if s.finished:
-                zombies += 1
-                continue
-            if error is not None:
-                self._finish(s, FinishReason.ERROR, events,
-                             error=RequestFailed(f"INTERNAL: the engine failed on this step: {error}"))
-                continue
-            size = sizes[row]
-            adv = s.constraint.advance(StepOutput(tokens[row], coords[row], (size[0], size[1])))
-            s.num_committed += 1
-            outputs += 1
-            if not s.timings.first_output:
-                s.timings.first_output = now
-            s.timings.output_times.append(now)
-            s.token_ids.extend(adv.token_ids)
-            s.points.extend(adv.points)
-            s.boxes.extend(adv.boxes)
-            reason = adv.finish_reason
-            if reason is None and s.num_committed >= s.max_outputs:
-                reason = FinishReason.LENGTH
-            if reason is not None:
-                self._finish(s, reason, events, new_tokens=adv.token_ids, new_points=adv.points,
-                             new_boxes=adv.boxes)
-            elif s.request.stream and (adv.token_ids or adv.points or adv.boxes):
-                events.append(OutputEvent(request=s.request, sink=s.sink, token_ids=adv.token_ids,
-                                          points=adv.points, boxes=adv.boxes))
-        _, released = self.pipeline.commit_oldest()
-        for seq_id in released:
-            self._release(self.seqs[seq_id])
-        self.output.put(events)
+        try:  # finals already decided must be delivered even if a later row raises
+            for row, s in enumerate(info.seqs):
+                if s.finished:
+                    zombies += 1
+                    continue
+                if error is not None:
+                    self._finish(s, FinishReason.ERROR, events,
+                                 error=RequestFailed(f"INTERNAL: the engine failed on this step: {error}"))
+                    continue
+                size = sizes[row]
+                adv = s.constraint.advance(StepOutput(tokens[row], coords[row], (size[0], size[1])))
+                s.num_committed += 1
+                outputs += 1
+                if not s.timings.first_output:
+                    s.timings.first_output = now
+                s.timings.output_times.append(now)
+                s.token_ids.extend(adv.token_ids)
+                s.points.extend(adv.points)
+                s.boxes.extend(adv.boxes)
+                reason = adv.finish_reason
+                if reason is None and s.num_committed >= s.max_outputs:
+                    reason = FinishReason.LENGTH
+                if reason is not None:
+                    self._finish(s, reason, events, new_tokens=adv.token_ids, new_points=adv.points,
+                                 new_boxes=adv.boxes)
+                elif s.request.stream and (adv.token_ids or adv.points or adv.boxes):
+                    events.append(OutputEvent(request=s.request, sink=s.sink, token_ids=adv.token_ids,
+                                              points=adv.points, boxes=adv.boxes))
+            _, released = self.pipeline.commit_oldest()
+            for seq_id in released:
+                self._release(self.seqs[seq_id])
+        finally:
+            self.output.put(events)
         fwd, samp = (0.0, 0.0) if error is not None else self.runner.step_times_ms(slot)
         self.telemetry.record_step(prefill=info.prefill, batch=len(info.seqs), zombies=zombies,
                                    forward_ms=fwd, sampling_ms=samp, now=now, outputs=outputs)
@@ -346,8 +348,10 @@ class Scheduler:
         events: list[OutputEvent] = []
         if s.state is SeqState.WAITING:
             self.waiting.remove(s)
-        self._finish(s, FinishReason.CANCELLED, events)
-        self.output.put(events)
+        try:
+            self._finish(s, FinishReason.CANCELLED, events)
+        finally:
+            self.output.put(events)
 
     def _stop_all(self) -> None:
         """Drain in-flight steps, then end every request with EngineStopped."""

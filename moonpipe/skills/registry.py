@@ -81,8 +81,9 @@ class SkillSet:
     """Everything the skills precompute from the tokenizer, built once at engine start.
 
     Holds the compiled segment path grammar and the cached step specs, and builds one
-    constraint per request. Thread-safe after construction (read-only) except the spec
-    cache, which the scheduler thread alone fills.
+    constraint per request. Thread-safe after construction: the only mutable part, the
+    per-mask-index spec cache, is filled idempotently by whichever caller thread first
+    builds a segment constraint (the same tuple every time).
     """
 
     def __init__(self, tokenizer: Tokenizer, tok_cfg: TokenizerConfig) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from engine_support import CollectSink, png_bytes, run_all, signature
 
@@ -283,3 +284,62 @@ def test_cached_image_skips_decode_and_survives_eviction(ckpt: Path) -> None:
                               Request("a2", "caption", img_a, max_tokens=6, temperature=0.0)])
         assert sinks["a2"].result.token_ids == first.token_ids
         assert_drained(eng)
+
+
+def test_a_crash_mid_commit_still_delivers_finals_decided_before_it(
+        ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request a ends in the same commit in which b's constraint raises (killing the
+    scheduler): a still gets its result, b its error; nobody is left without a final."""
+    eng = make_engine(ckpt)
+    try:
+        real = eng.skills.make_constraint
+
+        class Exploding:
+            def __init__(self, inner: object) -> None:
+                self._inner = inner
+                self.prompt_ids = inner.prompt_ids  # type: ignore[attr-defined]
+
+            def spec(self, k: int) -> object:
+                return self._inner.spec(k)  # type: ignore[attr-defined]
+
+            def advance(self, output: object) -> object:
+                raise InjectedCrash("constraint bug")
+
+        def make(request: Request, *args: object, **kw: object) -> object:
+            c = real(request, *args, **kw)  # type: ignore[arg-type]
+            return Exploding(c) if request.request_id == "b" else c
+
+        monkeypatch.setattr(eng.skills, "make_constraint", make)
+        sinks = run_all(eng, [Request("a", "caption", png_bytes(1), max_tokens=1, temperature=0.0),
+                              Request("b", "caption", png_bytes(1), max_tokens=5, temperature=0.0)])
+        assert sinks["a"].result.num_output_tokens == 1
+        assert sinks["b"].num_finals == 1 and isinstance(sinks["b"].errors[0], EngineStopped)
+        assert not eng.ready
+    finally:
+        eng.shutdown()
+
+
+def test_output_processing_failure_still_ends_the_request(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moonpipe.skills.detok import IncrementalDetokenizer
+
+    def boom(self: object) -> str:
+        raise RuntimeError("detokeniser bug")
+
+    monkeypatch.setattr(IncrementalDetokenizer, "flush", boom)
+    sinks = run_all(engine, [Request("d", "caption", png_bytes(2), max_tokens=3, stream=True)])
+    assert sinks["d"].num_finals == 1
+    assert "detokeniser bug" in str(sinks["d"].errors[0])
+
+
+def test_graph_capture_staging_of_padding_only_rows(engine: Engine) -> None:
+    """Capture stages a slot with zero real rows (all padding): scratch seq slot,
+    position 0, scratch page 0."""
+    runner = engine.runner
+    slot = runner.slots[0]
+    zeros = np.zeros((runner.max_seqs, runner.kv.max_pages_per_seq), dtype=np.int64)
+    empty = np.empty(0, dtype=np.int64)
+    runner._stage_rows(slot, empty, empty, zeros[:0], 4, 8)
+    assert slot.seq_slots[0][:4].tolist() == [runner.scratch_seq_slot] * 4
+    assert slot.positions[0][:4].tolist() == [0] * 4
+    assert int(slot.page_table[0][:4, :8].abs().sum()) == 0

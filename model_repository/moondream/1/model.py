@@ -163,8 +163,11 @@ class _StopSignalWatch:
         threading.Thread(target=self._run, name="moonpipe-signals", daemon=True).start()
 
     def _run(self) -> None:
-        data = os.read(self._read_fd, 1)
-        self._log(f"moonpipe: stop signal {data[0] if data else '?'} received: draining")
+        while True:  # the wakeup fd reports every signal that has a Python handler
+            data = os.read(self._read_fd, 1)
+            if not data or data[0] == signal.SIGTERM:
+                break
+        self._log("moonpipe: SIGTERM received: draining")
         self._on_stop()
 
 
@@ -298,17 +301,23 @@ class _Sender:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, request_id: str, live: _Live, outputs: dict[str, np.ndarray], final: bool) -> None:
-        response = pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items()])
+    def _send(self, request_id: str, live: _Live, outputs: dict[str, np.ndarray], final: bool) -> bool:
+        """Send one response; False if it failed (a failed final is replaced by an error)."""
         flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
         try:
+            response = pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items()])
             live.sender.send(response, flags=flags)
             live.responses += 1
-        except Exception as exc:  # the client is gone: stop generating for it
+            return True
+        except Exception as exc:  # the client is gone (or the response was unbuildable)
             self._log(f"moonpipe: send failed for {request_id}: {exc}")
             if not final:
                 self._abort(request_id, live)
+            else:  # still owe this request its FINAL flag: try once more, as an error
+                self._send_error(live.sender, live.request.skill, live.triton_id,
+                                 RequestFailed(f"sending the final response failed: {exc}"))
+            return False
 
     def _flush(self, request_id: str, live: _Live) -> None:
         if not live.pending:
@@ -318,20 +327,21 @@ class _Sender:
         self._send(request_id, live, outputs, final=False)
 
     def _finish(self, request_id: str, live: _Live, result: Result) -> None:
+        outputs = final_outputs(result, live.pending, live.request.stream)  # may raise: _fail still finds it
         del self._live[request_id]
-        outputs = final_outputs(result, live.pending, live.request.stream)
-        self._send(request_id, live, outputs, final=True)
-        self._record(request_id, live, result)
+        if self._send(request_id, live, outputs, final=True):
+            self._record(request_id, live, result)
 
     def _send_error(self, sender: Any, skill: str, triton_id: str, error: BaseException) -> None:
         code = getattr(error, "code", "INTERNAL")
-        triton_code = {
-            "INVALID_ARG": pb_utils.TritonError.INVALID_ARG,
-            "UNAVAILABLE": pb_utils.TritonError.UNAVAILABLE,
-            "CANCELLED": pb_utils.TritonError.CANCELLED,
-        }.get(code, pb_utils.TritonError.INTERNAL)
-        message = error_message(error)
+        message = f"INTERNAL: {error!r}"
         try:
+            triton_code = {
+                "INVALID_ARG": pb_utils.TritonError.INVALID_ARG,
+                "UNAVAILABLE": pb_utils.TritonError.UNAVAILABLE,
+                "CANCELLED": pb_utils.TritonError.CANCELLED,
+            }.get(code, pb_utils.TritonError.INTERNAL)
+            message = error_message(error)
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, triton_code)),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as exc:
