@@ -112,10 +112,11 @@ class DecodeSlot:
         """Copy staged step inputs host -> device (enqueue on the upload stream)."""
         if self.device.type == "cpu":
             return
-        b, p = self.bucket, self.num_pages
-        for host, dev in (self.seq_slots, self.positions):
+        b = self.bucket
+        # Whole rows: [:b] of a row-major (B, P) buffer is contiguous, so the copy is one
+        # async DMA from pinned memory (a [:b, :p] slice would need a staging copy).
+        for host, dev in (self.seq_slots, self.positions, self.page_table):
             dev[:b].copy_(host[:b], non_blocking=True)
-        self.page_table[1][:b, :p].copy_(self.page_table[0][:b, :p], non_blocking=True)
 
     def upload_sampling(self) -> None:
         """Copy staged sampling parameters host -> device (upload stream)."""
