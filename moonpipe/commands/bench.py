@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["register"]
 
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     from moonpipe.bench.common import RESULTS_DIR, device_name, slug
-    from moonpipe.bench.pipeline import format_table, run_pipeline_bench, save
+    from moonpipe.bench.pipeline import format_table, run_pipeline_bench
     from moonpipe.bench.plot import plot_pipeline
 
     cuda = args.device.startswith("cuda")
@@ -63,12 +65,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     doc = run_pipeline_bench(device=args.device, model=model, dtype=dtype, streams=args.streams,
                              tokens=args.tokens, rounds=args.rounds, repeats=args.repeats,
                              cuda_graphs=not args.no_cuda_graphs,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(format_table(doc))
-    save(doc, out)
-    png = plot_pipeline(doc, args.plot or out.with_suffix(".png"))
-    print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
-    return 0
+                             log=_progress)
+    return _report(format_table(doc), doc, out, plot_pipeline, args.plot, t0)
 
 
 def _register_triton(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -90,7 +88,6 @@ def _register_triton(kinds: argparse._SubParsersAction) -> None:  # type: ignore
 
 def _run_triton(args: argparse.Namespace) -> int:
     from moonpipe.bench.common import RESULTS_DIR, device_name, slug
-    from moonpipe.bench.pipeline import save
     from moonpipe.bench.triton import format_triton_table, plot_triton, run_triton_bench
 
     out = args.json or RESULTS_DIR / f"triton-{slug(device_name('cpu'))}-{args.model}.json"
@@ -98,12 +95,8 @@ def _run_triton(args: argparse.Namespace) -> int:
     print(f"moonpipe bench triton: {args.model} on {device_name('cpu')}; streams {args.streams}, "
           f"{args.requests} requests x {args.tokens} tokens per stream count and path", flush=True)
     doc = run_triton_bench(model=args.model, streams=args.streams, requests=args.requests, tokens=args.tokens,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(format_triton_table(doc))
-    save(doc, out)
-    png = plot_triton(doc, args.plot or out.with_suffix(".png"))
-    print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
-    return 0
+                           log=_progress)
+    return _report(format_triton_table(doc), doc, out, plot_triton, args.plot, t0)
 
 
 def _register_short(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -128,7 +121,6 @@ def _register_short(kinds: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def _run_short(args: argparse.Namespace) -> int:
     from moonpipe.bench.common import RESULTS_DIR, device_name, slug
-    from moonpipe.bench.pipeline import save
     from moonpipe.bench.short import SHORT_SKILLS, format_short_table, plot_short, run_short_bench
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
@@ -143,9 +135,22 @@ def _run_short(args: argparse.Namespace) -> int:
           f"{args.requests} requests per cell", flush=True)
     doc = run_short_bench(model=args.model, skills=skills, concurrency=args.concurrency, requests=args.requests,
                           max_tokens=args.max_tokens, triton=args.triton,
-                          log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(format_short_table(doc))
+                          log=_progress)
+    return _report(format_short_table(doc), doc, out, plot_short, args.plot, t0)
+
+
+def _progress(message: str) -> None:
+    """Progress lines go to stderr so stdout carries only the table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _report(table: str, doc: dict[str, Any], out: Path,
+            plot: Callable[[dict[str, Any], Path], Path], plot_path: Path | None, t0: float) -> int:
+    """Print the table, save the JSON and the plot (next to the JSON unless given)."""
+    from moonpipe.bench.pipeline import save
+
+    print(table)
     save(doc, out)
-    png = plot_short(doc, args.plot or out.with_suffix(".png"))
+    png = plot(doc, plot_path or out.with_suffix(".png"))
     print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
     return 0
