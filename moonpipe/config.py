@@ -190,6 +190,7 @@ class ModelConfig:
 
 _DTYPES = ("float32", "float16", "bfloat16")
 _DEVICES = ("cpu", "cuda")
+_CPU_WORKERS = ("thread", "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,9 @@ class EngineConfig:
     image_cache_size: int = 16
     seed: int = 0
     compute_threads: int = 1
+    # CPU only: run forwards on a worker "thread" (shares the GIL with the scheduler) or
+    # a worker "process" (its own interpreter and core: bookkeeping really overlaps).
+    cpu_worker: str = "thread"
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in _DEVICES:
@@ -221,6 +225,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.pipeline_depth must be 1 (blocking) or 2 (pipelined), got {self.pipeline_depth}")
         _positive(self, "max_batch_size", "kv_page_size", "max_queue", "max_image_pixels",
                   "max_image_bytes", "max_prompt_tokens", "image_cache_size", "compute_threads")
+        if self.cpu_worker not in _CPU_WORKERS:
+            raise ValueError(f"EngineConfig.cpu_worker must be one of {_CPU_WORKERS}, got {self.cpu_worker!r}")
         if self.num_kv_pages < 0:
             raise ValueError(f"EngineConfig.num_kv_pages must be >= 0, got {self.num_kv_pages}")
         if self.max_batch_size > 256:

@@ -41,6 +41,7 @@ from moonpipe.output import OutputProcessor
 from moonpipe.request import Request, Sink, Timings
 from moonpipe.runtime.kv_cache import pages_needed
 from moonpipe.runtime.runner import ModelRunner, image_key
+from moonpipe.runtime.streams import pin_thread
 from moonpipe.scheduler.scheduler import Command, Scheduler
 from moonpipe.scheduler.sequence import Sequence
 from moonpipe.skills import SkillSet, sampling_defaults
@@ -83,7 +84,7 @@ class Engine:
         self._mask_index = {m.name: i for i, m in enumerate(masks, start=1)}
         self.telemetry = Telemetry()
         self.runner = ModelRunner(model, model_config, config, masks)
-        self.output = OutputProcessor(tokenizer)
+        self.output = OutputProcessor(tokenizer, cpus=self.runner.streams.host_cpus)
         self._lock = threading.Lock()
         self._active: set[str] = set()
         self._ids = itertools.count()
@@ -198,6 +199,7 @@ class Engine:
             self._active.discard(request_id)
 
     def _run(self) -> None:
+        pin_thread(self.runner.streams.host_cpus)
         try:
             with torch.inference_mode():
                 self.scheduler.run()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from moonpipe.errors import EngineError, RequestFailed
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.request import Box, Delta, Point, Request, Result, Sink, Timings
+from moonpipe.runtime.streams import pin_thread
 from moonpipe.skills import finish as finish_skill
 from moonpipe.skills.detok import IncrementalDetokenizer
 
@@ -56,8 +57,9 @@ class OutputEvent:
 class OutputProcessor:
     """Owns the output thread and per-request detokenisers."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, cpus: frozenset[int] | None = None) -> None:
         self._tokenizer = tokenizer
+        self._cpus = cpus  # host CPUs when a process compute worker holds a core
         self._queue: queue.SimpleQueue[list[OutputEvent] | None] = queue.SimpleQueue()
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._thread = threading.Thread(target=self._loop, name="moonpipe-output", daemon=True)
@@ -72,6 +74,7 @@ class OutputProcessor:
         self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
+        pin_thread(self._cpus)
         while True:
             batch = self._queue.get()
             if batch is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-__all__ = ["InjectedCrash", "file_trigger_fault_hook"]
+__all__ = ["FileTriggerFaultHook", "InjectedCrash", "file_trigger_fault_hook"]
 
 FAULTS_ENV = "MOONPIPE_TEST_FAULTS"
 
@@ -18,8 +18,14 @@ class InjectedCrash(BaseException):
     """Not an ``Exception``: escapes the per-step handler and kills the scheduler thread."""
 
 
-def file_trigger_fault_hook(trigger_dir: str) -> Callable[[str, list[int]], None]:
-    def hook(kind: str, seq_slots: list[int]) -> None:
+class FileTriggerFaultHook:
+    """The hook behind ``MOONPIPE_TEST_FAULTS`` (a class, so it pickles into a process
+    compute worker)."""
+
+    def __init__(self, trigger_dir: str) -> None:
+        self.trigger_dir = trigger_dir
+
+    def __call__(self, kind: str, seq_slots: list[int]) -> None:
         if kind != "decode":
             return
         triggers: tuple[tuple[str, BaseException], ...] = (
@@ -28,9 +34,11 @@ def file_trigger_fault_hook(trigger_dir: str) -> Callable[[str, list[int]], None
         )
         for name, error in triggers:
             try:
-                os.unlink(os.path.join(trigger_dir, name))  # one step per trigger file
+                os.unlink(os.path.join(self.trigger_dir, name))  # one step per trigger file
             except FileNotFoundError:
                 continue
             raise error
 
-    return hook
+
+def file_trigger_fault_hook(trigger_dir: str) -> Callable[[str, list[int]], None]:
+    return FileTriggerFaultHook(trigger_dir)

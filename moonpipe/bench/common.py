@@ -61,12 +61,13 @@ def _model(preset: str, device: str, dtype: str) -> tuple[MoondreamModel, ModelC
 
 
 def build_bench_engine(preset: str, *, device: str, dtype: str, depth: int, max_batch_size: int,
-                       cuda_graphs: bool = True, max_positions: int = 1024) -> Engine:
+                       cuda_graphs: bool = True, max_positions: int = 1024,
+                       cpu_worker: str = "thread") -> Engine:
     """An engine over random weights of ``preset`` (no checkpoint file), KV sized for the run."""
     model, cfg, tok = _model(preset, device, dtype)
     page_size = 16
     num_pages = max_batch_size * pages_needed(max_positions, page_size) + 1
     config = EngineConfig(device=device, dtype=dtype, max_batch_size=max_batch_size,
                           num_kv_pages=num_pages, kv_page_size=page_size, pipeline_depth=depth,
-                          cuda_graphs=cuda_graphs)
+                          cuda_graphs=cuda_graphs, cpu_worker=cpu_worker)
     return Engine(config, model=model, tokenizer=tok, model_config=cfg)

@@ -1,7 +1,8 @@
 """``moonpipe bench pipeline``: blocking (depth 1) vs pipelined (depth 2), side by side.
 
 For each stream count the same greedy requests run through a depth-1 engine and a
-depth-2 engine built on the same in-memory model, back to back, ``repeats`` times; the
+depth-2 engine built on the same in-memory model, back to back (alternating which goes
+first), ``repeats`` times; the
 medians fill the cost-model table of shared/docs/background.md with the columns and JSON
 schema of shared/docs/measuring.md. Greedy outputs of both depths are compared too.
 
@@ -137,14 +138,26 @@ def _median_run(runs: list[DepthRun]) -> DepthRun:
                     med("L"), med("zombie_tax"), runs[0].outputs)
 
 
+def _predicted(blk: DepthRun, pip: DepthRun) -> float:
+    """measuring.md: (blocking / pipelined period) x (1 - z) - 1."""
+    return (blk.period_ms / pip.period_ms) * (1.0 - pip.zombie_tax) - 1.0
+
+
+def _hidden(blk: DepthRun, pip: DepthRun) -> float:
+    """measuring.md: (blocking - pipelined) / (blocking - forward - sampling), depth-1 parts."""
+    book = blk.period_ms - blk.forward_ms - blk.sampling_ms
+    return (blk.period_ms - pip.period_ms) / book if book > 0 else 0.0
+
+
 def run_pipeline_bench(*, device: str, model: str, dtype: str, streams: list[int], tokens: int,
-                       rounds: int, repeats: int, cuda_graphs: bool, log: Any = print) -> dict[str, Any]:
+                       rounds: int, repeats: int, cuda_graphs: bool, cpu_worker: str = "process",
+                       log: Any = print) -> dict[str, Any]:
     """Run the whole table; returns the JSON document (measuring.md schema)."""
     image = bench_image()
     max_streams = max(streams)
     engines = {
         depth: build_bench_engine(model, device=device, dtype=dtype, depth=depth,
-                                  max_batch_size=max_streams, cuda_graphs=cuda_graphs)
+                                  max_batch_size=max_streams, cuda_graphs=cuda_graphs, cpu_worker=cpu_worker)
         for depth in (1, 2)
     }
     rows: list[PipelineRow] = []
@@ -152,11 +165,14 @@ def run_pipeline_bench(*, device: str, model: str, dtype: str, streams: list[int
         for n in streams:
             runs: dict[int, list[DepthRun]] = {1: [], 2: []}
             for rep in range(repeats):
-                for depth in (1, 2):
+                for depth in ((1, 2) if rep % 2 == 0 else (2, 1)):  # ABBA: drift cancels
                     log(f"  streams={n:>3} repeat {rep + 1}/{repeats} depth {depth} ...")
                     runs[depth].append(_measure(engines[depth], n, tokens, rounds, image))
             blk, pip = _median_run(runs[1]), _median_run(runs[2])
-            book = blk.period_ms - blk.forward_ms - blk.sampling_ms
+            # Speedups and the hidden share are medians of per-repeat ratios: each repeat's
+            # depth-1 and depth-2 runs ran back to back, so a slow drift of the machine
+            # cancels within a pair instead of landing on one side of a ratio of medians.
+            pairs = list(zip(runs[1], runs[2], strict=True))
             rows.append(PipelineRow(
                 streams=n,
                 forward_ms=pip.forward_ms,
@@ -168,12 +184,12 @@ def run_pipeline_bench(*, device: str, model: str, dtype: str, streams: list[int
                 blocking_sampling_ms=blk.sampling_ms,
                 L=pip.L,
                 zombie_tax=pip.zombie_tax,
-                predicted=(blk.period_ms / pip.period_ms) * (1.0 - pip.zombie_tax) - 1.0,
-                observed=pip.tokens_per_s / blk.tokens_per_s - 1.0,
-                hidden=(blk.period_ms - pip.period_ms) / book if book > 0 else 0.0,
+                predicted=statistics.median(_predicted(b, p) for b, p in pairs),
+                observed=statistics.median(p.tokens_per_s / b.tokens_per_s - 1.0 for b, p in pairs),
+                hidden=statistics.median(_hidden(b, p) for b, p in pairs),
                 tokens_per_s=pip.tokens_per_s,
                 blocking_tokens_per_s=blk.tokens_per_s,
-                identical_outputs=blk.outputs == pip.outputs,
+                identical_outputs=all(b.outputs == p.outputs == runs[1][0].outputs for b, p in pairs),
             ))
             log(format_row(rows[-1]))
     finally:
@@ -190,6 +206,9 @@ def run_pipeline_bench(*, device: str, model: str, dtype: str, streams: list[int
         "rounds": rounds,
         "repeats": repeats,
         "cuda_graphs": cuda_graphs,
+        "cpu_worker": cpu_worker if device == "cpu" else None,
+        "estimator": "columns in ms: medians over repeats; predicted, observed, hidden: medians "
+                     "of per-repeat (depth 1, depth 2) pair values",
         "rows": [asdict(r) for r in rows],
     }
 
@@ -205,7 +224,8 @@ def format_row(r: PipelineRow) -> str:
 
 
 def format_table(doc: dict[str, Any]) -> str:
-    lines = [f"device: {doc['device']}  torch {doc['torch']}  model {doc['model']} ({doc['dtype']})", HEADER]
+    worker = f"  compute worker: {doc['cpu_worker']}" if doc.get("cpu_worker") else ""
+    lines = [f"device: {doc['device']}  torch {doc['torch']}  model {doc['model']} ({doc['dtype']}){worker}", HEADER]
     lines += [format_row(PipelineRow(**row)) for row in doc["rows"]]
     return "\n".join(lines)
 

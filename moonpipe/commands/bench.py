@@ -39,9 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--streams", type=_ints, default=[1, 8, 32], help="comma-separated stream counts (default 1,8,32)")
     p.add_argument("--tokens", type=int, default=64, help="output tokens per request (default 64)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of `streams` requests per measurement")
-    p.add_argument("--repeats", type=int, default=3, help="repeats per depth; medians are reported")
+    p.add_argument("--repeats", type=int, default=5, help="repeats per depth, alternating which goes first; medians are reported (default 5)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run eager on CUDA")
-    p.add_argument("--json", type=Path, default=None, help="output JSON path (default bench/results/pipeline-<device>-<model>.json)")
+    p.add_argument("--cpu-worker", default="process", choices=["process", "thread"],
+                   help="CPU compute worker: a process (its own interpreter and core, the default) "
+                   "or a thread (shares the GIL with the scheduler: measures contention)")
+    p.add_argument("--json", type=Path, default=None, help="output JSON path (default bench/results/pipeline-<device>-<model>[-thread].json)")
     p.add_argument("--plot", type=Path, default=None, help="output PNG path (default: next to the JSON)")
     p.set_defaults(func=_run_pipeline)
     _register_triton(kinds)
@@ -56,15 +59,16 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     cuda = args.device.startswith("cuda")
     model = args.model or ("md2" if cuda else "tiny")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    name = f"pipeline-{slug(device_name(args.device))}-{model}"
+    worker = "none" if cuda else args.cpu_worker
+    name = f"pipeline-{slug(device_name(args.device))}-{model}" + ("-thread" if worker == "thread" else "")
     out = args.json or RESULTS_DIR / f"{name}.json"
     t0 = time.perf_counter()
     print(f"moonpipe bench pipeline: {model} ({dtype}) on {device_name(args.device)}; "
-          f"streams {args.streams}, {args.tokens} tokens x {args.rounds} rounds x {args.repeats} repeats",
-          flush=True)
+          f"streams {args.streams}, {args.tokens} tokens x {args.rounds} rounds x {args.repeats} repeats"
+          + ("" if cuda else f"; compute worker: {worker}"), flush=True)
     doc = run_pipeline_bench(device=args.device, model=model, dtype=dtype, streams=args.streams,
                              tokens=args.tokens, rounds=args.rounds, repeats=args.repeats,
-                             cuda_graphs=not args.no_cuda_graphs,
+                             cuda_graphs=not args.no_cuda_graphs, cpu_worker=worker if worker != "none" else "thread",
                              log=_progress)
     return _report(format_table(doc), doc, out, plot_pipeline, args.plot, t0)
 

@@ -24,22 +24,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from moonpipe.config import EngineConfig, ModelConfig
-from moonpipe.model.image import decode_image, normalize_crops, overlap_crops
 from moonpipe.model.moondream import MoondreamModel
+from moonpipe.runtime.device_work import DeviceWork, FaultHook, PrefillItem, SamplingFlags
 from moonpipe.runtime.graphs import DecodeGraphs, batch_buckets, bucket_for, page_buckets
 from moonpipe.runtime.kv_cache import KVCache, pages_needed
-from moonpipe.runtime.sampling import apply_masks, sample_tokens, spatial_values
 from moonpipe.runtime.slots import DecodeSlot
 from moonpipe.runtime.streams import CudaStream, StreamSet, make_streams
-from moonpipe.skills.base import Feed, VocabMask
+from moonpipe.skills.base import VocabMask
 
 __all__ = ["ModelRunner", "PrefillItem", "SamplingFlags"]
 
@@ -52,30 +51,6 @@ NUM_IMAGE_TOKENS = 729
 def image_key(data: bytes) -> str:
     """Content hash used to encode a repeated image once."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class PrefillItem:
-    """One sequence of a prefill step."""
-
-    seq_slot: int
-    image_key: str
-    crops: np.ndarray | None  # (n, 378, 378, 3) uint8; None: the embedding was cached at submit
-    tiling: tuple[int, int]
-    image: bytes  # the encoded file, decoded here only if a cached embedding was evicted
-    prompt_ids: tuple[int, ...]
-    page_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingFlags:
-    """Batch-wide facts the host knows before sampling (they pick code paths)."""
-
-    any_mask: bool
-    any_banned: bool
-    any_sampled: bool
-    any_coord: bool
-    any_size: bool
 
 
 class ModelRunner:
@@ -94,30 +69,34 @@ class ModelRunner:
         max_pages = pages_needed(text.max_context, cfg.kv_page_size)
         num_pages = cfg.num_kv_pages or (self.max_seqs * max_pages + 1)
         self.kv = KVCache(text, num_pages, cfg.kv_page_size, self.dtype, self.device)
-        self.streams: StreamSet = make_streams(self.device, cfg.compute_threads)
         self.slots = [
             DecodeSlot(i, self.max_seqs, max_pages, text.dim, text.vocab_size, self.device, self.dtype)
             for i in range(2)
         ]
         s = self.max_seqs + 1  # + scratch row for padding
         self.scratch_seq_slot = self.max_seqs
-        self.next_token = torch.zeros(s, dtype=torch.long, device=self.device)
-        self.next_coord = torch.zeros(s, dtype=torch.float32, device=self.device)
-        self.next_size = torch.zeros((s, 2), dtype=torch.float32, device=self.device)
-        self.feed_kind = torch.zeros(s, dtype=torch.long, device=self.device)
         vocab = text.vocab_size
         table = torch.ones((1 + len(masks), vocab), dtype=torch.bool)
         for i, m in enumerate(masks, start=1):
             table[i] = False
             ids = torch.tensor([t for t in m.allowed_ids if 0 <= t < vocab], dtype=torch.long)
             table[i, ids] = True
-        self.mask_table = table.to(self.device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(cfg.seed)
-        self._image_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.bos_id = model_cfg.tokenizer.bos_id
-        # Test-only fault injection: called inside every forward with the step kind.
-        self.fault_hook: Callable[[str, list[int]], None] | None = None
+        self.work = DeviceWork(
+            model=model, model_cfg=model_cfg, cfg=cfg, dtype=self.dtype, k=self.kv.k, v=self.kv.v,
+            slots=self.slots,
+            next_token=torch.zeros(s, dtype=torch.long, device=self.device),
+            next_coord=torch.zeros(s, dtype=torch.float32, device=self.device),
+            next_size=torch.zeros((s, 2), dtype=torch.float32, device=self.device),
+            feed_kind=torch.zeros(s, dtype=torch.long, device=self.device),
+            mask_table=table.to(self.device),
+        )
+        self.cpu_worker = cfg.cpu_worker if self.device.type == "cpu" else "none"
+        self.streams: StreamSet = make_streams(self.device, self.work, cfg.compute_threads, self.cpu_worker)
+        # Keys of the images the compute stream has encoded (or will have, by the time a
+        # later prefill runs: the stream is in order), in the work's LRU order. A hint for
+        # submit, whichever process holds the embeddings; a miss only costs a decode.
+        self._image_keys: OrderedDict[str, None] = OrderedDict()
+        self._fault_hook: FaultHook | None = None
         self.batch_buckets = batch_buckets(self.max_seqs)
         self.page_buckets = page_buckets(max_pages)
         self.graphs: DecodeGraphs | None = None
@@ -127,6 +106,24 @@ class ModelRunner:
         if self.device.type == "cuda" and cfg.cuda_graphs:
             self.pad_buckets = True
             self._capture_graphs()
+
+    @property
+    def fault_hook(self) -> FaultHook | None:
+        """Test-only: ``hook(kind, seq_slots)`` runs inside every forward (on the compute
+        worker; with a process worker the hook must be picklable)."""
+        return self._fault_hook
+
+    @fault_hook.setter
+    def fault_hook(self, hook: FaultHook | None) -> None:
+        if self.cpu_worker == "process":
+            try:
+                pickle.dumps(hook)
+            except Exception as exc:
+                raise TypeError(f"a fault hook for a process compute worker must pickle: {exc}") from exc
+        self._fault_hook = hook  # replayed CUDA graphs run no Python: decode calls it at launch
+        compute = self.streams.compute
+        compute.call("set_fault_hook", hook)
+        compute.flush()
 
     def _capture_graphs(self) -> None:
         """Capture every (slot, batch bucket, page bucket) decode graph up front, with the
@@ -144,9 +141,10 @@ class ModelRunner:
                                          zeros[:0], bb, pb)
                         slot.upload_inputs()
                         torch.cuda.synchronize(self.device)
-                        graphs.capture((slot.index, bb, pb), functools.partial(self._decode_forward, slot))
+                        graphs.capture((slot.index, bb, pb), functools.partial(self.work.decode, slot.index, slot.shape()))
         torch.cuda.synchronize(self.device)
         self.graphs = graphs
+        self.work.graphs = graphs
         log.info("captured %d decode CUDA graphs", len(graphs))
 
     # ------------------------------------------------------------------ staging
@@ -203,7 +201,7 @@ class ModelRunner:
     def _guarded(self, slot: DecodeSlot, fn: Callable[[], None]) -> None:
         """Run a launch step; an exception (CUDA: raised here, on the scheduler thread)
         is kept on the slot and raised by ``read_outputs``, so it fails this step's
-        requests only, as a failed closure does on the CPU workers."""
+        requests only, as a failed call does on the CPU workers."""
         if slot.error is not None:
             return
         try:
@@ -211,24 +209,33 @@ class ModelRunner:
         except Exception as exc:
             slot.error = exc
 
+    def flush(self) -> None:
+        """Hand the work enqueued since the last flush to the workers: the scheduler calls
+        it once per tick phase (one message to a process worker instead of one per call);
+        ``read_outputs`` and ``synchronize`` flush before they wait."""
+        self.streams.flush()
+
     def launch_decode(self, slot: DecodeSlot) -> None:
         """Enqueue the upload of staged inputs and one decode forward (+ lm head)."""
         slot.error = None
         self._guarded(slot, lambda: self._launch_decode(slot))
 
+    def _upload(self, method: str, slot: DecodeSlot) -> None:
+        st = self.streams
+        st.upload.call(method, slot.index, slot.shape())
+        if st.upload is not st.compute:
+            st.compute.wait(st.upload.record())
+
     def _launch_decode(self, slot: DecodeSlot) -> None:
         st = self.streams
-        st.upload.run(slot.upload_inputs)
-        st.compute.wait(st.upload.record())
+        self._upload("upload_inputs", slot)
         slot.events.forward_start = st.compute.record()
-        graphs = self.graphs
-        if graphs is not None:
-            key = (slot.index, slot.bucket, slot.num_pages)
-            if self.fault_hook is not None:
-                self.fault_hook("decode", DecodeSlot.host_np(slot.seq_slots)[: slot.batch].tolist())
-            st.compute.run(lambda: graphs.replay(key))
+        if self.graphs is not None:
+            if self._fault_hook is not None:
+                self._fault_hook("decode", DecodeSlot.host_np(slot.seq_slots)[: slot.batch].tolist())
+            st.compute.call("replay", (slot.index, slot.bucket, slot.num_pages))
         else:
-            st.compute.run(lambda: self._decode_forward(slot))
+            st.compute.call("decode", slot.index, slot.shape())
         slot.events.forward_end = st.compute.record()
 
     def launch_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
@@ -237,12 +244,15 @@ class ModelRunner:
 
     def _launch_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
         st = self.streams
-        st.upload.run(slot.upload_inputs)
-        st.compute.wait(st.upload.record())
+        self._upload("upload_inputs", slot)
         slot.events.forward_start = st.compute.record()
-        items = list(items)
-        st.compute.run(lambda: self._prefill_forward(slot, items))
+        st.compute.call("prefill", slot.index, slot.shape(), list(items))
         slot.events.forward_end = st.compute.record()
+        for it in items:  # mirror the work's image LRU (see __init__)
+            self._image_keys[it.image_key] = None
+            self._image_keys.move_to_end(it.image_key)
+        while len(self._image_keys) > self.cfg.image_cache_size:
+            self._image_keys.popitem(last=False)
 
     def launch_sampling(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
         """Enqueue the upload of sampling parameters, sampling, and the D2H copy."""
@@ -250,14 +260,13 @@ class ModelRunner:
 
     def _launch_sampling(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
         st = self.streams
-        st.upload.run(slot.upload_sampling)
-        st.compute.wait(st.upload.record())
+        self._upload("upload_sampling", slot)
         slot.events.sample_start = st.compute.record()
-        st.compute.run(lambda: self._sample(slot, flags))
+        st.compute.call("sample", slot.index, slot.shape(), flags)
         done = st.compute.record()
         slot.events.sample_end = done
         st.copy.wait(done)
-        st.copy.run(slot.download_outputs)
+        st.copy.call("download_outputs", slot.index, slot.shape())
         slot.events.copy_done = st.copy.record()
 
     def read_outputs(self, slot: DecodeSlot) -> tuple[list[int], list[float], list[list[float]]]:
@@ -266,6 +275,7 @@ class ModelRunner:
         Raises the exception of a failed forward/sampling of this step (CPU worker), so
         the scheduler can fail exactly the requests of this step.
         """
+        self.flush()
         if slot.error is not None:
             error, slot.error = slot.error, None
             self.synchronize()  # nothing of this step may still run when the slot is reused
@@ -289,88 +299,14 @@ class ModelRunner:
             samp = ev.sample_start.elapsed_ms(ev.sample_end)
         return fwd, samp
 
-    # ------------------------------------------------------------- device work
-    def _decode_forward(self, slot: DecodeSlot) -> None:
-        if self.fault_hook is not None and self.graphs is None:
-            self.fault_hook("decode", slot.seq_slots[0][: slot.batch].tolist())
-        b, p = slot.bucket, slot.num_pages
-        model = self.model
-        seq_slots = slot.seq_slots[1][:b]  # (B,)
-        positions = slot.positions[1][:b]  # (B,)
-        page_table = slot.page_table[1][:b, :p]  # (B, P)
-        feed = self.feed_kind.index_select(0, seq_slots)[:, None]  # (B, 1)
-        emb = model.embed_tokens(self.next_token.index_select(0, seq_slots))  # (B, D)
-        coord = self.next_coord.index_select(0, seq_slots)[:, None].to(self.dtype)  # (B, 1)
-        size = self.next_size.index_select(0, seq_slots).to(self.dtype)  # (B, 2)
-        emb = torch.where(feed == int(Feed.COORD), model.encode_coordinate(coord), emb)
-        emb = torch.where(feed == int(Feed.SIZE), model.encode_size(size), emb)
-        hidden = model.decode(emb, positions, self.kv.k, self.kv.v, page_table)  # (B, D)
-        slot.hidden[:b].copy_(hidden)
-        slot.logits[:b].copy_(model.lm_logits(hidden))
-
-    def _prefill_forward(self, slot: DecodeSlot, items: list[PrefillItem]) -> None:
-        if self.fault_hook is not None:
-            self.fault_hook("prefill", [it.seq_slot for it in items])
-        model = self.model
-        for row, it in enumerate(items):
-            img = self._image_embedding(it)  # (729, D)
-            tok = model.embed_tokens(self._to_device(torch.tensor((self.bos_id, *it.prompt_ids))))  # (1 + T, D)
-            emb = torch.cat([tok[:1], img.to(tok.dtype), tok[1:]], dim=0)  # (730 + T, D)
-            pages = self._to_device(torch.tensor(it.page_ids, dtype=torch.long))
-            hidden = model.prefill(emb, 0, self.kv.k, self.kv.v, pages)  # (730 + T, D)
-            slot.hidden[row].copy_(hidden[-1])
-        b = len(items)
-        slot.logits[:b].copy_(model.lm_logits(slot.hidden[:b]))
-
     def has_image(self, key: str) -> bool:
         """Whether an embedding for this image content is cached (a racy hint for submit:
         a miss at prefill time falls back to decoding there)."""
-        return key in self._image_cache
-
-    def _image_embedding(self, it: PrefillItem) -> torch.Tensor:
-        cached = self._image_cache.get(it.image_key)
-        if cached is not None:
-            self._image_cache.move_to_end(it.image_key)
-            return cached
-        crops, tiling = it.crops, it.tiling
-        if crops is None:  # cached at submit, evicted since: decode here (the bytes were valid)
-            image = decode_image(it.image, max_pixels=self.cfg.max_image_pixels)
-            crops, tiling = overlap_crops(image, self.model_cfg.vision.max_crops)
-        pixels = normalize_crops(self._to_device(torch.from_numpy(crops)), self.dtype, self.device)
-        emb = self.model.encode_image(pixels, tiling)  # (729, D)
-        self._image_cache[it.image_key] = emb
-        while len(self._image_cache) > self.cfg.image_cache_size:
-            self._image_cache.popitem(last=False)
-        return emb
-
-    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
-        """Host tensor -> device without a synchronising pageable copy (pinned staging)."""
-        if self.device.type == "cpu":
-            return host
-        return host.pin_memory().to(self.device, non_blocking=True)
-
-    def _sample(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
-        b = slot.batch
-        logits = slot.logits[:b]  # (B, V) f32, masked in place
-        apply_masks(logits, self.mask_table, slot.mask_ids[1][:b], slot.banned[1][:b],
-                    slot.banned_valid[1][:b], flags.any_mask, flags.any_banned)
-        token = sample_tokens(logits, slot.temperature[1][:b], slot.top_p[1][:b],
-                              slot.greedy[1][:b], self.generator, flags.any_sampled)
-        hidden = slot.hidden[:b]
-        coord_logits = self.model.decode_coordinate(hidden) if flags.any_coord else None
-        size_logits = self.model.decode_size(hidden) if flags.any_size else None
-        coord, size = spatial_values(coord_logits, size_logits, b, self.device)
-        slot.out_token[1][:b].copy_(token)
-        slot.out_coord[1][:b].copy_(coord)
-        slot.out_size[1][:b].copy_(size)
-        seq_slots = slot.seq_slots[1][:b]
-        self.next_token.index_copy_(0, seq_slots, token)
-        self.next_coord.index_copy_(0, seq_slots, coord)
-        self.next_size.index_copy_(0, seq_slots, size)
-        self.feed_kind.index_copy_(0, seq_slots, slot.feed[1][:b])
+        return key in self._image_keys
 
     # ------------------------------------------------------------------ admin
     def synchronize(self) -> None:
+        self.flush()
         self.streams.compute.synchronize()
         self.streams.copy.synchronize()
 

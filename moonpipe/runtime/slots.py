@@ -20,9 +20,19 @@ import torch
 from moonpipe.runtime.streams import Event
 from moonpipe.skills.base import StepSpec
 
-__all__ = ["DecodeSlot", "SlotEvents"]
+__all__ = ["DecodeSlot", "SlotEvents", "StepShape"]
 
 MAX_BANNED = StepSpec.MAX_BANNED
+
+
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """The host-side sizes of the step using a slot, passed along with every call on it
+    (a process worker has its own copy of the slot object: only its tensors are shared)."""
+
+    batch: int
+    bucket: int
+    num_pages: int
 
 
 @dataclass(slots=True)
@@ -102,6 +112,13 @@ class DecodeSlot:
         self.out_token = _pair((b,), torch.long, dev)
         self.out_coord = _pair((b,), torch.float32, dev)
         self.out_size = _pair((b, 2), torch.float32, dev)
+
+    def shape(self) -> StepShape:
+        return StepShape(self.batch, self.bucket, self.num_pages)
+
+    def adopt(self, shape: StepShape) -> None:
+        """Take the sizes the host staged (a no-op in the process that staged them)."""
+        self.batch, self.bucket, self.num_pages = shape.batch, shape.bucket, shape.num_pages
 
     @staticmethod
     def host_np(pair: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Device streams and events with one interface on CUDA and on CPU.
 
-The scheduler enqueues closures on streams and never waits for compute while launching:
+The runner enqueues work on streams and never waits for compute while launching. Work is
+a named method of the stream's *target* (``runtime/device_work.py``) with plain
+arguments (``stream.call("decode", slot)``), so it can also cross a process boundary:
 
 * ``compute``: every forward and every sampling step, in order (one stream for both
   slots: the slots are not for GPU parallelism).
@@ -8,13 +10,16 @@ The scheduler enqueues closures on streams and never waits for compute while lau
   event, so the host reads results without stalling the compute stream.
 * ``upload``: host->device copies of staged step inputs (pinned buffers).
 
-On CUDA a closure runs immediately on the calling thread inside
-``torch.cuda.stream(s)``: it only *enqueues* kernels. On CPU there is no asynchronous
-device, so each stream is an in-order worker thread that runs the closures; events are
-thread-safe completion markers stamped with the worker's clock, and ``wait`` makes a
-worker block until another stream reached the event. Uploads run on the compute worker
-on CPU (a host->host copy has nothing to overlap with; a third thread only adds GIL
-traffic).
+On CUDA a call runs immediately on the calling thread inside ``torch.cuda.stream(s)``:
+it only *enqueues* kernels. On CPU there is no asynchronous device, so a stream is an
+in-order worker that runs the calls; events are thread-safe completion markers stamped
+with the worker's clock, and ``wait`` makes a worker block until another stream reached
+the event. The CPU compute worker is either a thread (``cpu_worker="thread"``) or a
+separate process over shared-memory tensors (``"process"``, ``runtime/device_process.py``):
+a thread shares the GIL with the scheduler, so Python bookkeeping and the forward's
+Python-level dispatch take turns; a process is a device of its own, like a GPU.
+Uploads run on the compute worker on CPU (a host->host copy has nothing to overlap with;
+a third thread only adds GIL traffic).
 
 Invariant (both backends): work enqueued on one stream runs in enqueue order; an event
 fires only after everything enqueued on its stream before ``record()`` has finished.
@@ -22,16 +27,34 @@ fires only after everything enqueued on its stream before ``record()`` has finis
 
 from __future__ import annotations
 
+import functools
+import os
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["CpuStream", "CudaStream", "Event", "Stream", "StreamSet", "make_streams"]
+__all__ = ["CpuEvent", "CpuStream", "CudaStream", "DeviceLost", "Event", "Stream", "StreamSet", "make_streams",
+           "pin_thread"]
+
+
+def pin_thread(cpus: frozenset[int] | None) -> None:
+    """Restrict the calling thread to ``cpus`` (Linux; a no-op for None or elsewhere)."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass
+
+
+class DeviceLost(RuntimeError):
+    """A stream's worker is gone (a CPU worker process crashed or was killed): no later
+    step can run, so the scheduler treats it as fatal rather than failing one step."""
 
 
 class Event(ABC):
@@ -51,9 +74,18 @@ class Event(ABC):
 class Stream(ABC):
     """An in-order queue of device work."""
 
+    target: Any = None  # the object whose methods ``call`` runs (a DeviceWork)
+
     @abstractmethod
     def run(self, fn: Callable[[], None]) -> None:
         """Enqueue ``fn``; returns without waiting for it (CPU) or after enqueuing kernels (CUDA)."""
+
+    def call(self, method: str, *args: Any) -> None:
+        """Enqueue ``target.method(*args)``."""
+        self.run(functools.partial(getattr(self.target, method), *args))
+
+    def flush(self) -> None:  # noqa: B027 - only a process stream buffers
+        """Hand buffered work to the worker (a process stream sends it in one message)."""
 
     @abstractmethod
     def record(self) -> Event: ...
@@ -72,7 +104,7 @@ class Stream(ABC):
 # ----------------------------------------------------------------------------- CPU
 
 
-class _CpuEvent(Event):
+class CpuEvent(Event):
     __slots__ = ("_done", "_error", "stamp")
 
     def __init__(self) -> None:
@@ -80,8 +112,8 @@ class _CpuEvent(Event):
         self.stamp = 0.0
         self._error: BaseException | None = None
 
-    def fire(self, error: BaseException | None = None) -> None:
-        self.stamp = time.perf_counter()
+    def fire(self, error: BaseException | None = None, stamp: float | None = None) -> None:
+        self.stamp = time.perf_counter() if stamp is None else stamp
         self._error = error
         self._done.set()
 
@@ -98,13 +130,13 @@ class _CpuEvent(Event):
         return self._done.is_set()
 
     def elapsed_ms(self, end: Event) -> float:
-        assert isinstance(end, _CpuEvent)
+        assert isinstance(end, CpuEvent)
         return (end.stamp - self.stamp) * 1e3
 
 
 @dataclass(slots=True)
 class _Wait:
-    event: _CpuEvent
+    event: CpuEvent
 
 
 class CpuStream(Stream):
@@ -115,8 +147,9 @@ class CpuStream(Stream):
     poison the steps after it; closures between the failure and that event are skipped.
     """
 
-    def __init__(self, name: str, num_threads: int = 1) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | _CpuEvent | _Wait | None] = queue.SimpleQueue()
+    def __init__(self, name: str, num_threads: int = 1, cpus: frozenset[int] | None = None) -> None:
+        self._cpus = cpus
+        self._queue: queue.SimpleQueue[Callable[[], None] | CpuEvent | _Wait | None] = queue.SimpleQueue()
         self._num_threads = num_threads
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=f"moonpipe-{name}", daemon=True)
@@ -125,12 +158,13 @@ class CpuStream(Stream):
     def _loop(self) -> None:
         # Per-thread torch state: the compute worker is where forwards run.
         torch.set_num_threads(self._num_threads)
+        pin_thread(self._cpus)
         with torch.inference_mode():
             while True:
                 item = self._queue.get()
                 if item is None:
                     return
-                if isinstance(item, _CpuEvent):
+                if isinstance(item, CpuEvent):
                     item.fire(self._error)
                     self._error = None
                 elif isinstance(item, _Wait):
@@ -145,12 +179,12 @@ class CpuStream(Stream):
         self._queue.put(fn)
 
     def record(self) -> Event:
-        ev = _CpuEvent()
+        ev = CpuEvent()
         self._queue.put(ev)
         return ev
 
     def wait(self, event: Event) -> None:
-        assert isinstance(event, _CpuEvent)
+        assert isinstance(event, CpuEvent)
         if not event.query():
             self._queue.put(_Wait(event))
 
@@ -213,14 +247,41 @@ class StreamSet:
     copy: Stream
     upload: Stream
 
+    @property
+    def host_cpus(self) -> frozenset[int] | None:
+        """CPUs for the engine's host threads when a process worker holds a core of its own."""
+        cpus: frozenset[int] | None = getattr(self.compute, "host_cpus", None)
+        return cpus
+
+    def _unique(self) -> list[Stream]:
+        return list({id(self.compute): self.compute, id(self.copy): self.copy, id(self.upload): self.upload}.values())
+
+    def flush(self) -> None:
+        for s in self._unique():
+            s.flush()
+
     def close(self) -> None:
-        for s in {id(self.compute): self.compute, id(self.copy): self.copy, id(self.upload): self.upload}.values():
+        for s in self._unique():
             s.close()
 
 
-def make_streams(device: torch.device, compute_threads: int = 1) -> StreamSet:
-    """CUDA streams on a GPU; worker threads on CPU (uploads share the compute worker)."""
+def make_streams(device: torch.device, target: Any, compute_threads: int = 1,
+                 cpu_worker: str = "thread") -> StreamSet:
+    """CUDA streams on a GPU; on CPU a compute worker (thread or process) that also does
+    the uploads, and a copy thread. Every stream calls methods of ``target``."""
     if device.type == "cuda":
-        return StreamSet(compute=CudaStream(device), copy=CudaStream(device), upload=CudaStream(device))
-    compute = CpuStream("compute", num_threads=compute_threads)
-    return StreamSet(compute=compute, copy=CpuStream("copy"), upload=compute)
+        streams = StreamSet(compute=CudaStream(device), copy=CudaStream(device), upload=CudaStream(device))
+    else:
+        compute: Stream
+        host_cpus: frozenset[int] | None = None
+        if cpu_worker == "process":
+            from moonpipe.runtime.device_process import ProcessStream
+
+            compute = ProcessStream(target, num_threads=compute_threads)
+            host_cpus = compute.host_cpus
+        else:
+            compute = CpuStream("compute", num_threads=compute_threads)
+        streams = StreamSet(compute=compute, copy=CpuStream("copy", cpus=host_cpus), upload=compute)
+    for s in streams._unique():
+        s.target = target
+    return streams

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moonpipe.runtime.runner import SamplingFlags
+from moonpipe.runtime.device_work import SamplingFlags
 from moonpipe.skills.base import Spatial, StepSpec
 
 __all__ = ["SamplingPlan", "plan_sampling"]

@@ -28,6 +28,7 @@ from moonpipe.output import OutputEvent, OutputProcessor
 from moonpipe.request import Box, FinishReason, Point
 from moonpipe.runtime.kv_cache import pages_needed
 from moonpipe.runtime.runner import ModelRunner, PrefillItem
+from moonpipe.runtime.streams import DeviceLost
 from moonpipe.scheduler.pipeline import InFlightStep, Pipeline
 from moonpipe.scheduler.sampling_plan import plan_sampling
 from moonpipe.scheduler.sequence import SeqState, Sequence
@@ -123,6 +124,7 @@ class Scheduler:
     def tick(self) -> None:
         self._admit()
         step = self._plan_and_launch()
+        self.runner.flush()  # the launch (+ sampling ahead) reaches the device as one batch
         if self.depth == 1:
             if step is not None:
                 if not step.finalized:
@@ -225,6 +227,7 @@ class Scheduler:
     # ---------------------------------------------------------------- finalize
     def _finalize(self, step: InFlightStep[int]) -> None:
         self._sample(step, ahead=False)
+        self.runner.flush()
 
     def _sample(self, step: InFlightStep[int], ahead: bool) -> None:
         """Build every row's spec and enqueue sampling. With ``ahead`` it gives up (and
@@ -257,6 +260,8 @@ class Scheduler:
         error: BaseException | None = None
         try:
             tokens, coords, sizes = self.runner.read_outputs(slot)
+        except DeviceLost:
+            raise  # no later step can run either: the engine stops (fail_all, not ready)
         except Exception as exc:  # a failed forward/sampling fails this step's requests only
             log.exception("step %d failed", step.step_id)
             error = exc
