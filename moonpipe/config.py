@@ -213,7 +213,10 @@ class EngineConfig:
     seed: int = 0
     compute_threads: int = 1
     # CPU only: run forwards on a worker "thread" (shares the GIL with the scheduler) or
-    # a worker "process" (its own interpreter and core: bookkeeping really overlaps).
+    # a worker "process" (its own interpreter and core: bookkeeping really overlaps; the
+    # server's setting). "thread" is the library default: a process worker starts from a
+    # fork server, which needs the calling program's main module to be import-safe
+    # (``if __name__ == "__main__":``), as any multiprocessing program does.
     cpu_worker: str = "thread"
 
     def __post_init__(self) -> None:

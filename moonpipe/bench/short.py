@@ -90,7 +90,7 @@ def _runner(model: str, max_batch: int, triton: bool, log: Callable[[str], None]
                 yield lambda specs, n, tag: run_over_grpc(url, specs, n)
             return
         engine = Engine(EngineConfig(checkpoint=str(ckpt), device="cpu", dtype="float32",
-                                     max_batch_size=max_batch, pipeline_depth=2))
+                                     max_batch_size=max_batch, pipeline_depth=2, cpu_worker="process"))
         try:
             yield lambda specs, n, tag: run_in_process(engine, specs, n, tag=tag)
         finally:

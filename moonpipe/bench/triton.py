@@ -65,7 +65,8 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
     """Run both paths at every stream count; returns the JSON document."""
     max_streams = max(streams)
     image = jpeg_image(0)
-    params = {"device": "cpu", "dtype": "float32", "max_batch_size": str(max_streams), "pipeline_depth": "2"}
+    params = {"device": "cpu", "dtype": "float32", "max_batch_size": str(max_streams), "pipeline_depth": "2",
+              "cpu_worker": "process"}
     rows: list[dict[str, Any]] = []
 
     def specs(n: int) -> list[RequestSpec]:
@@ -78,7 +79,7 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
         repo = bench_model_repository(Path(tmp) / "model_repository", ckpt, params)
         log(f"  fixed-length {model} checkpoint and model repository ready ({time.perf_counter() - t0:.1f} s)")
         engine = Engine(EngineConfig(checkpoint=str(ckpt), device="cpu", dtype="float32",
-                                     max_batch_size=max_streams, pipeline_depth=2))
+                                     max_batch_size=max_streams, pipeline_depth=2, cpu_worker="process"))
         try:
             t0 = time.perf_counter()
             with running_server(repo, ckpt) as server:

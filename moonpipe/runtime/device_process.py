@@ -41,6 +41,7 @@ import itertools
 import logging
 import os
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -97,6 +98,11 @@ def _worker_main(commands: Connection, completions: Connection, num_threads: int
     markers."""
     torch.set_num_threads(num_threads)
     pin_thread(None if cpu is None else frozenset({cpu}))
+    # The parent owns this process's lifetime (it exits on "stop" or when the pipe closes):
+    # a SIGTERM/SIGINT sent to the whole process group (Ctrl-C, docker stop, Triton's
+    # stop) must not kill the device under a parent that is still draining requests.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         target = commands.recv()
     except (EOFError, OSError):
