@@ -59,10 +59,10 @@ test-fast: setup
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
-# `make bench`: the CPU benchmarks on the tiny model (a few minutes on 2 cores); each writes
+# `make bench`: the CPU benchmarks on the tiny model (about 6 minutes on 2 cores); each writes
 # JSON + PNG under bench/results/ (docs/bench.md explains the columns). perf_analyzer and
 # the GPU run are separate commands (docs/bench.md).
-BENCH_PIPELINE_ARGS ?= --streams 1,8,32 --tokens 32 --rounds 1 --repeats 3
+BENCH_PIPELINE_ARGS ?= --streams 1,8,32
 BENCH_TRITON_ARGS ?= --streams 1,8 --requests 32 --tokens 32
 BENCH_SHORT_ARGS ?= --concurrency 1,16 --requests 16
 

@@ -34,7 +34,8 @@ def plot_pipeline(doc: dict[str, Any], out: Path) -> Path:
     ax2.set_xscale("log", base=2)
     ax2.legend(fontsize=8)
     ax2.set_title("speedup")
-    fig.suptitle(f"moonpipe bench pipeline: {doc['model']} ({doc['dtype']}) on {doc['device']}", fontsize=10)
+    worker = f", {doc['cpu_worker']} compute worker" if doc.get("cpu_worker") else ""
+    fig.suptitle(f"moonpipe bench pipeline: {doc['model']} ({doc['dtype']}) on {doc['device']}{worker}", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

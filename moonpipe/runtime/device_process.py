@@ -24,8 +24,8 @@ How:
   fires with :class:`DeviceLost`; the scheduler treats that as fatal (the engine turns
   not-ready and every pending request gets UNAVAILABLE) instead of hanging.
 * Compute and bookkeeping each get a core: with two or more CPUs the worker is pinned
-  to the last one and the engine's host threads to the others, so a burst of host
-  threads never preempts a forward.
+  to the last ``compute_threads`` of them and the engine's host threads to the others,
+  so a burst of host threads never preempts a forward.
 * Workers start from a fork server that has imported torch and moonpipe once, so an
   engine starts in well under a second after the first.
 
@@ -93,11 +93,12 @@ def _spin_until_ready(commands: Connection) -> None:
         pass
 
 
-def _worker_main(commands: Connection, completions: Connection, num_threads: int, cpu: int | None) -> None:
+def _worker_main(commands: Connection, completions: Connection, num_threads: int,
+                 cpus: frozenset[int] | None) -> None:
     """The worker process: receive the target, then run calls in order and answer event
     markers."""
     torch.set_num_threads(num_threads)
-    pin_thread(None if cpu is None else frozenset({cpu}))
+    pin_thread(cpus)
     # The parent owns this process's lifetime (it exits on "stop" or when the pipe closes):
     # a SIGTERM/SIGINT sent to the whole process group (Ctrl-C, docker stop, Triton's
     # stop) must not kill the device under a parent that is still draining requests.
@@ -155,12 +156,14 @@ class ProcessStream(Stream):
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._lost: DeviceLost | None = None
-        # Compute and bookkeeping each get a core: the worker takes the last allowed CPU,
-        # the engine's host threads (scheduler, output, copy, this stream's reader) the rest.
+        # Compute and bookkeeping each get cores of their own: the worker takes the last
+        # `num_threads` allowed CPUs (one per torch thread), the engine's host threads
+        # (scheduler, output, copy, this stream's reader) keep at least one.
         allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        cpu = allowed[-1] if len(allowed) >= 2 else None
-        self.host_cpus: frozenset[int] | None = frozenset(allowed[:-1]) if cpu is not None else None
-        self._proc = ctx.Process(target=_worker_main, args=(cmd_recv, done_send, num_threads, cpu),
+        n = min(num_threads, len(allowed) - 1)
+        worker_cpus = frozenset(allowed[-n:]) if n >= 1 else None
+        self.host_cpus: frozenset[int] | None = frozenset(allowed[:-n]) if n >= 1 else None
+        self._proc = ctx.Process(target=_worker_main, args=(cmd_recv, done_send, num_threads, worker_cpus),
                                  name="moonpipe-compute", daemon=True)
         self._proc.start()
         cmd_recv.close()

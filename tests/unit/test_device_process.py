@@ -151,3 +151,17 @@ def test_shutdown_leaves_no_worker_process(ckpt: Path) -> None:
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
+def test_worker_and_host_threads_get_cores_of_their_own(ckpt: Path) -> None:
+    with make_engine(ckpt, cpu_worker="process") as eng:
+        stream = eng.runner.streams.compute
+        assert isinstance(stream, ProcessStream) and stream.pid is not None
+        worker = os.sched_getaffinity(stream.pid)
+        host = eng.runner.streams.host_cpus
+        assert host and len(worker) == 1 and not worker & host
+        run_all(eng, [Request("pin", "caption", png_bytes(3), max_tokens=2)])  # threads are running
+        sched = eng._thread.native_id
+        assert sched is not None and os.sched_getaffinity(sched) == set(host)
+    assert os.sched_getaffinity(0) >= worker | host  # the caller's own thread is untouched
