@@ -41,7 +41,6 @@ import itertools
 import logging
 import os
 import pickle
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -100,10 +99,10 @@ def _worker_main(commands: Connection, completions: Connection, num_threads: int
     torch.set_num_threads(num_threads)
     pin_thread(cpus)
     # The parent owns this process's lifetime (it exits on "stop" or when the pipe closes):
-    # a SIGTERM/SIGINT sent to the whole process group (Ctrl-C, docker stop, Triton's
-    # stop) must not kill the device under a parent that is still draining requests.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a SIGTERM/SIGINT sent to the parent's whole process group (Ctrl-C, docker stop,
+    # Triton's stop) must not kill the device under a parent that is still draining, so
+    # the worker leaves the group. Signals sent to its own pid (terminate()) still work.
+    os.setpgrp()
     try:
         target = commands.recv()
     except (EOFError, OSError):

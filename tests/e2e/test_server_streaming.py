@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import urllib.request
-from pathlib import Path
 
 import pytest
 from conftest import Caller, ServerHandle
+from reliability.support import compute_worker_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -22,30 +22,7 @@ def test_cpu_server_runs_its_compute_worker_as_a_process(triton_server: ServerHa
     the Python stub (a fork-server worker), not on a thread that shares the stub's GIL."""
     assert "cpu_worker='process'" in triton_server.log_text()
     pid = triton_server.server.pid
-    children = Path("/proc").glob("[0-9]*/stat")
-    tree: dict[int, int] = {}
-    for stat in children:
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        tree[int(stat.parent.name)] = int(fields[1])  # pid -> ppid
-
-    def descends(p: int) -> bool:
-        while p in tree and p > 1:
-            p = tree[p]
-            if p == pid:
-                return True
-        return False
-
-    def cmdline(p: int) -> bytes:
-        try:
-            return Path(f"/proc/{p}/cmdline").read_bytes()
-        except OSError:
-            return b""
-
-    assert any(b"multiprocessing.forkserver" in cmdline(p) for p in tree if descends(p)), \
-        "no compute worker process under the server"
+    assert pid is not None and compute_worker_pids(pid), "no compute worker process under the server"
 
 
 def test_caption_streams_several_responses_then_a_final_one(

@@ -291,6 +291,32 @@ def group_pids(pgid: int) -> list[int]:
     return sorted(pids)
 
 
+def compute_worker_pids(root: int) -> list[int]:
+    """Live descendants of ``root`` that are CPU compute workers (fork-server children,
+    in a process group of their own, so ``group_pids`` does not list them)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z":
+                parent[int(entry.name)] = int(fields[1])
+
+    def descends(pid: int) -> bool:
+        while pid in parent and pid > 1:
+            pid = parent[pid]
+            if pid == root:
+                return True
+        return False
+
+    def cmdline(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+
+    return sorted(p for p in parent if descends(p) and b"multiprocessing.forkserver" in cmdline(p))
+
+
 def comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
