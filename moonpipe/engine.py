@@ -98,7 +98,8 @@ class Engine:
     # ---------------------------------------------------------------- public
     @property
     def ready(self) -> bool:
-        return self._alive and self._accepting and self._thread.is_alive()
+        return (self._alive and self._accepting and self._thread.is_alive()
+                and self.runner.streams.compute.healthy)
 
     def submit(self, request: Request, sink: Sink) -> None:
         """Validate and queue ``request``; raises before queuing anything if it is bad."""

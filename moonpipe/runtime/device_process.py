@@ -71,10 +71,12 @@ def _context() -> Any:
 
 
 def _picklable(error: BaseException | None) -> BaseException | None:
+    """The error itself if it survives a pickle round trip (some exception classes pickle
+    but cannot be rebuilt), else a RuntimeError carrying its type and message."""
     if error is None:
         return None
     try:
-        pickle.dumps(error)
+        pickle.loads(pickle.dumps(error))
         return error
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
@@ -96,7 +98,7 @@ def _worker_main(commands: Connection, completions: Connection, num_threads: int
                  cpus: frozenset[int] | None) -> None:
     """The worker process: receive the target, then run calls in order and answer event
     markers."""
-    torch.set_num_threads(num_threads)
+    torch.set_num_threads(len(cpus) if cpus else num_threads)  # one torch thread per pinned CPU
     pin_thread(cpus)
     # The parent owns this process's lifetime (it exits on "stop" or when the pipe closes):
     # a SIGTERM/SIGINT sent to the parent's whole process group (Ctrl-C, docker stop,
@@ -153,7 +155,8 @@ class ProcessStream(Stream):
         self._buffer: list[tuple[Any, ...]] = []
         self._pending: dict[int, CpuEvent] = {}
         self._ids = itertools.count()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # buffer, pending events, lost state
+        self._send_lock = threading.Lock()  # one batch on the pipe at a time, in order
         self._lost: DeviceLost | None = None
         # Compute and bookkeeping each get cores of their own: the worker takes the last
         # `num_threads` allowed CPUs (one per torch thread), the engine's host threads
@@ -203,16 +206,19 @@ class ProcessStream(Stream):
         raise ValueError("a process stream cannot wait for another stream's pending event")
 
     def flush(self) -> None:
-        with self._lock:
-            if not self._buffer:
-                return
-            batch, self._buffer = self._buffer, []
-            if self._lost is not None:
-                return
+        # The send can block (a prefill carries its crops); it holds only the send lock,
+        # so the reader keeps firing events meanwhile. Batches leave in buffer order.
+        with self._send_lock:
+            with self._lock:
+                if not self._buffer or self._lost is not None:
+                    self._buffer = []
+                    return
+                batch, self._buffer = self._buffer, []
             try:
                 self._commands.send(batch)
             except (OSError, ValueError) as exc:
-                self._lose(DeviceLost(f"the compute worker process is gone: {exc}"))
+                with self._lock:
+                    self._lose(DeviceLost(f"the compute worker process is gone: {exc}"))
 
     def synchronize(self) -> None:
         ev = self.record()
@@ -226,9 +232,14 @@ class ProcessStream(Stream):
             try:
                 msg = self._completions.recv()
             except (EOFError, OSError):
-                code = self._proc.exitcode
+                self._proc.join(timeout=1)
                 with self._lock:
-                    self._lose(DeviceLost(f"the compute worker process died (exit code {code})"))
+                    self._lose(DeviceLost(f"the compute worker process died (exit code {self._proc.exitcode})"))
+                return
+            except Exception as exc:  # a reply that cannot be read: the device is unusable
+                with self._lock:
+                    self._lose(DeviceLost(f"the compute worker sent an unreadable reply: {exc!r}"))
+                self._proc.kill()
                 return
             if msg is None:
                 return
@@ -247,8 +258,12 @@ class ProcessStream(Stream):
         for ev in pending.values():
             ev.fire(self._lost)
 
+    @property
+    def healthy(self) -> bool:
+        return self._lost is None
+
     def close(self) -> None:
-        with self._lock:
+        with self._send_lock, self._lock:
             if self._lost is None:
                 self._buffer.append(("stop",))
                 self._lost = DeviceLost("the compute worker process was closed")

@@ -83,6 +83,7 @@ class DeviceWork:
         self.feed_kind = feed_kind
         self.mask_table = mask_table
         self.bos_id = model_cfg.tokenizer.bos_id
+        self._replica = False
         self._init_private()
 
     def _init_private(self) -> None:
@@ -98,6 +99,7 @@ class DeviceWork:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._replica = True
         self._init_private()
 
     def set_fault_hook(self, hook: FaultHook | None) -> None:
@@ -105,7 +107,8 @@ class DeviceWork:
 
     def _slot(self, index: int, shape: StepShape) -> DecodeSlot:
         slot = self.slots[index]
-        slot.adopt(shape)
+        if self._replica:  # a worker process's own copy of the slot object: take the sizes
+            slot.adopt(shape)  # (in the staging process they are already set, and stay so)
         return slot
 
     # ----------------------------------------------------------------- copies

@@ -280,8 +280,11 @@ class ModelRunner:
             error, slot.error = slot.error, None
             self.synchronize()  # nothing of this step may still run when the slot is reused
             raise error
-        for ev in slot.events.all():
-            ev.synchronize()
+        events = slot.events.all()
+        for ev in events:  # every call of the step has run (or was skipped) before the slot
+            ev.wait_done()  # is reused, also when one of them failed
+        for ev in events:
+            ev.synchronize()  # raises the step's first error
         b = slot.batch
         return (
             slot.out_token[0][:b].tolist(),

@@ -63,6 +63,10 @@ class Event(ABC):
     @abstractmethod
     def synchronize(self) -> None: ...
 
+    def wait_done(self) -> None:
+        """Block until the event is reached, without raising an error attached to it."""
+        self.synchronize()
+
     @abstractmethod
     def query(self) -> bool: ...
 
@@ -86,6 +90,11 @@ class Stream(ABC):
 
     def flush(self) -> None:  # noqa: B027 - only a process stream buffers
         """Hand buffered work to the worker (a process stream sends it in one message)."""
+
+    @property
+    def healthy(self) -> bool:
+        """False once the stream's worker is gone for good (a process worker died)."""
+        return True
 
     @abstractmethod
     def record(self) -> Event: ...

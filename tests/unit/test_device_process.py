@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,14 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", preset="tiny")
 
 
+class _UnrebuildableError(Exception):
+    """Pickles (args = (message,)) but cannot be rebuilt: __init__ wants two arguments."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class _Target:
     """A picklable stream target: appends to a shared tensor, fails on request."""
 
@@ -43,6 +53,42 @@ class _Target:
 
     def fail(self, message: str) -> None:
         raise ValueError(message)
+
+    def fail_oddly(self) -> None:
+        raise _UnrebuildableError(7, "odd")
+
+
+def test_an_error_that_cannot_be_rebuilt_arrives_as_a_runtime_error() -> None:
+    stream = ProcessStream(_Target())
+    try:
+        stream.call("fail_oddly")
+        ev = stream.record()
+        stream.flush()
+        with pytest.raises(RuntimeError, match="_UnrebuildableError: odd"):
+            ev.synchronize()
+        assert stream.healthy
+    finally:
+        stream.close()
+
+
+def test_a_program_that_never_closes_its_worker_still_exits(tmp_path: Path) -> None:
+    script = tmp_path / "leaky.py"
+    script.write_text(
+        "import torch\n"
+        "from moonpipe.runtime.device_process import ProcessStream\n"
+        "class T:\n"
+        "    def __init__(self):\n"
+        "        self.x = torch.zeros(1)\n"
+        "    def inc(self):\n"
+        "        self.x += 1\n"
+        "if __name__ == '__main__':\n"
+        "    s = ProcessStream(T())\n"
+        "    s.call('inc'); ev = s.record(); s.flush(); ev.synchronize()\n"
+        "    print('ok', flush=True)\n"  # and exit without s.close()
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 def test_process_stream_runs_calls_in_order_and_attaches_errors_to_the_next_event() -> None:
@@ -139,6 +185,19 @@ def test_killed_worker_stops_the_engine_and_fails_pending_requests(ckpt: Path) -
         assert not eng.ready
     finally:
         eng.shutdown()
+
+
+def test_an_idle_engine_whose_worker_died_is_not_ready(ckpt: Path) -> None:
+    with make_engine(ckpt, cpu_worker="process") as eng:
+        stream = eng.runner.streams.compute
+        assert isinstance(stream, ProcessStream) and stream.pid is not None and eng.ready
+        os.kill(stream.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while eng.ready and time.time() < deadline:
+            time.sleep(0.02)
+        assert not eng.ready
+        with pytest.raises(EngineStopped):
+            eng.submit(Request("late", "caption", png_bytes(1)), CollectSink())
 
 
 def test_shutdown_leaves_no_worker_process(ckpt: Path) -> None:
