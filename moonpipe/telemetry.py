@@ -53,6 +53,10 @@ class StepTotals:
     all_zombie_steps: int = 0  # decode steps whose every row was a zombie (fully wasted)
     period_ms: float = 0.0  # sum of decode->decode commit intervals
     periods: int = 0
+    # forward/sampling of the steps whose commit closed an interval: the steady-state steps
+    # the period measures (ramp-up steps right after a prefill are in forward_ms, not here)
+    period_forward_ms: float = 0.0
+    period_sampling_ms: float = 0.0
     wall_start: float = 0.0
     wall_end: float = 0.0
     generated_outputs: int = 0
@@ -99,6 +103,8 @@ class Telemetry:
                 self.period_ms = self._avg(self.period_ms, interval)
                 t.period_ms += interval
                 t.periods += 1
+                t.period_forward_ms += forward_ms
+                t.period_sampling_ms += sampling_ms
             self._last_decode_commit = now
             if t.decode_steps == 0:
                 t.wall_start = now

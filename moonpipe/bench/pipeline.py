@@ -119,9 +119,15 @@ def _measure(engine: Engine, streams: int, tokens: int, rounds: int, image: byte
     wall = time.perf_counter() - t0
     tot = engine.reset_step_totals()
     steps = max(tot.decode_steps, 1)
+    # forward and sampling over the same steady-state steps as the period (a ramp-up step
+    # has a smaller batch and a shorter forward but closes no period interval)
+    if tot.periods:
+        fwd, samp = tot.period_forward_ms / tot.periods, tot.period_sampling_ms / tot.periods
+    else:
+        fwd, samp = tot.forward_ms / steps, tot.sampling_ms / steps
     return DepthRun(
-        forward_ms=tot.forward_ms / steps,
-        sampling_ms=tot.sampling_ms / steps,
+        forward_ms=fwd,
+        sampling_ms=samp,
         period_ms=tot.period_ms / max(tot.periods, 1),
         tokens_per_s=generated / wall,
         L=generated / (rounds * streams),
