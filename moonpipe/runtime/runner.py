@@ -99,13 +99,17 @@ class ModelRunner:
         self._fault_hook: FaultHook | None = None
         self.batch_buckets = batch_buckets(self.max_seqs)
         self.page_buckets = page_buckets(max_pages)
-        self.graphs: DecodeGraphs | None = None
         # Pad decode steps to (batch, page) buckets: required by CUDA graphs; settable on
         # CPU so the padding path is tested without a GPU.
         self.pad_buckets = False
         if self.device.type == "cuda" and cfg.cuda_graphs:
             self.pad_buckets = True
             self._capture_graphs()
+
+    @property
+    def graphs(self) -> DecodeGraphs | None:
+        """The captured decode graphs (CUDA), owned by the work that replays them."""
+        return self.work.graphs
 
     @property
     def fault_hook(self) -> FaultHook | None:
@@ -143,7 +147,6 @@ class ModelRunner:
                         torch.cuda.synchronize(self.device)
                         graphs.capture((slot.index, bb, pb), functools.partial(self.work.decode, slot.index, slot.shape()))
         torch.cuda.synchronize(self.device)
-        self.graphs = graphs
         self.work.graphs = graphs
         log.info("captured %d decode CUDA graphs", len(graphs))
 

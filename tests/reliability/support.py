@@ -308,13 +308,15 @@ def compute_worker_pids(root: int) -> list[int]:
                 return True
         return False
 
-    def cmdline(pid: int) -> bytes:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return b""
-
     return sorted(p for p in parent if descends(p) and b"multiprocessing.forkserver" in cmdline(p))
+
+
+def cmdline(pid: int) -> bytes:
+    """The raw command line of ``pid`` (empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def comm(pid: int) -> str:

@@ -36,6 +36,7 @@ from reliability.support import (
     CHANNEL_OPTIONS,
     OpenStream,
     base_inputs,
+    cmdline,
     compute_worker_pids,
     engine_gauges,
     group_pids,
@@ -46,14 +47,6 @@ from reliability.support import (
 pytestmark = pytest.mark.reliability
 
 PARAMETERS = {"max_batch_size": "4", "max_queue": "16", "stats_interval_ms": "100"}
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def _kinds(streams: list[OpenStream]) -> Counter[str]:
@@ -92,7 +85,7 @@ def test_sigterm_mid_load_drains_requests_that_fit_the_exit_timeout(fresh_server
     wait_until(lambda: not target.server.running(), timeout=30, what="tritonserver to exit")
     assert target.server.stop() == 0, target.log_tail()
     assert not group_pids(pgid), "a stub process outlived the server"
-    wait_until(lambda: not any(os.path.exists(f"/proc/{p}") and b"forkserver" in _cmdline(p) for p in workers),
+    wait_until(lambda: not any(b"forkserver" in cmdline(p) for p in workers),
                timeout=10, what="the compute worker to exit")
     assert "moonpipe: finalized" in target.log_text()
 
