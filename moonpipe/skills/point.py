@@ -16,48 +16,23 @@ from __future__ import annotations
 
 from moonpipe.request import FinishReason, Point
 from moonpipe.skills.base import Advance, StepOutput, StepSpec
-from moonpipe.skills.spatial import COORD_SPEC
+from moonpipe.skills.spatial import COORD_SPEC, ObjectConstraint
 
 __all__ = ["PointConstraint"]
 
 
-class PointConstraint:
+class PointConstraint(ObjectConstraint):
     """Per-request state of a point request: the pending ``x`` and the counts."""
 
-    __slots__ = ("_eos_id", "_max_objects", "_max_tokens", "_num_objects", "_num_outputs",
-                 "_prompt_ids", "_x")
-
-    def __init__(self, prompt_ids: list[int], *, eos_id: int, max_tokens: int, max_objects: int) -> None:
-        if max_tokens < 1 or max_objects < 1:
-            raise ValueError("PointConstraint: max_tokens and max_objects must be >= 1")
-        self._prompt_ids = prompt_ids
-        self._eos_id = eos_id
-        self._max_tokens = max_tokens
-        self._max_objects = max_objects
-        self._num_outputs = 0
-        self._num_objects = 0
-        self._x = 0.0
-
-    @property
-    def prompt_ids(self) -> list[int]:
-        return self._prompt_ids
+    __slots__ = ()
 
     def spec(self, k: int) -> StepSpec | None:
         return COORD_SPEC
 
     def advance(self, output: StepOutput) -> Advance:
-        k = self._num_outputs
-        self._num_outputs = k + 1
-        if k & 1 == 0:  # decision + x
-            if output.token == self._eos_id:
-                return Advance(finish_reason=FinishReason.STOP)
-            self._x = output.coord
-            if self._num_outputs >= self._max_tokens:
-                return Advance(finish_reason=FinishReason.LENGTH)
-            return Advance()
-        self._num_objects += 1
-        done = self._num_objects >= self._max_objects or self._num_outputs >= self._max_tokens
-        return Advance(
-            points=[Point(self._x, output.coord)],
-            finish_reason=FinishReason.LENGTH if done else None,
-        )
+        if self._next_output() & 1 == 0:  # decision + x
+            stop = self._decide(output)
+            if stop is not None:
+                return stop
+            return Advance(finish_reason=FinishReason.LENGTH) if self._out_of_tokens() else Advance()
+        return Advance(points=[Point(self._x, output.coord)], finish_reason=self._object_done())
