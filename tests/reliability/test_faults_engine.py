@@ -13,60 +13,27 @@
 
 from __future__ import annotations
 
-import io
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from engine_support import CollectSink as Sink
+from engine_support import png_bytes
 
 from moonpipe.config import EngineConfig
 from moonpipe.engine import Engine
-from moonpipe.errors import EngineError, EngineStopped, RequestFailed
-from moonpipe.request import Delta, Request, Result
+from moonpipe.errors import EngineStopped, RequestFailed
+from moonpipe.request import Request
 from moonpipe.testing import InjectedCrash
 
 pytestmark = pytest.mark.reliability
 
 WAIT_S = 60.0
-
-
-@dataclass
-class Sink:
-    """Records one request's callbacks; fails loudly on a second final callback."""
-
-    deltas: int = 0
-    results: list[Result] = field(default_factory=list)
-    errors: list[EngineError] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-    first: threading.Event = field(default_factory=threading.Event)
-
-    def on_delta(self, request_id: str, delta: Delta) -> None:
-        self.deltas += 1
-        self.first.set()
-
-    def on_result(self, request_id: str, result: Result) -> None:
-        self.results.append(result)
-        self.done.set()
-
-    def on_error(self, request_id: str, error: EngineError) -> None:
-        self.errors.append(error)
-        self.done.set()
-
-    @property
-    def finals(self) -> int:
-        return len(self.results) + len(self.errors)
-
-
-def _png(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)).save(buf, format="PNG")  # (H, W, 3)
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -80,11 +47,11 @@ def engine(tiny_checkpoint: Path) -> Iterator[Engine]:
 
 
 def _long(rid: str, seed: int = 1) -> Request:
-    return Request(rid, "caption", _png(seed), max_tokens=400, temperature=1.0, stream=True)
+    return Request(rid, "caption", png_bytes(seed, (120, 90)), max_tokens=400, temperature=1.0, stream=True)
 
 
 def _short(rid: str, seed: int = 2) -> Request:
-    return Request(rid, "query", _png(seed), "what is it?", max_tokens=8, temperature=0.0)
+    return Request(rid, "query", png_bytes(seed, (120, 90)), "what is it?", max_tokens=8, temperature=0.0)
 
 
 def _submit(engine: Engine, requests: list[Request]) -> dict[str, Sink]:
@@ -101,7 +68,7 @@ def _wait_all(sinks: dict[str, Sink], timeout: float = WAIT_S) -> None:
         assert s.done.wait(max(0.1, deadline - time.monotonic())), f"{rid}: no final callback (hang)"
     time.sleep(0.1)  # a second final callback would arrive now
     for rid, s in sinks.items():
-        assert s.finals == 1, f"{rid}: {s.finals} final callbacks"
+        assert s.num_finals == 1, f"{rid}: {s.num_finals} final callbacks"
 
 
 def _wait_drained(engine: Engine, timeout: float = 20.0) -> None:
@@ -176,9 +143,9 @@ def test_repeated_faults_under_mixed_load_end_every_request_once(engine: Engine)
         elif kind == 1:
             requests.append(_short(f"m-{i}", seed=i))
         elif kind == 2:
-            requests.append(Request(f"m-{i}", "point", _png(i), "cat", max_objects=5, stream=True))
+            requests.append(Request(f"m-{i}", "point", png_bytes(i, (120, 90)), "cat", max_objects=5, stream=True))
         else:
-            requests.append(Request(f"m-{i}", "segment", _png(i), "cup", max_tokens=48))
+            requests.append(Request(f"m-{i}", "segment", png_bytes(i, (120, 90)), "cup", max_tokens=48))
     sinks = _submit(engine, requests)
     _wait_all(sinks, timeout=120)
     engine.set_fault_hook(None)

@@ -26,10 +26,12 @@ class CollectSink:
     results: list[Result] = field(default_factory=list)
     errors: list[EngineError] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    first: threading.Event = field(default_factory=threading.Event)  # a delta arrived
 
     def on_delta(self, request_id: str, delta: Delta) -> None:
         assert not self.done.is_set(), "delta after the final callback"
         self.deltas.append(delta)
+        self.first.set()
 
     def on_result(self, request_id: str, result: Result) -> None:
         self.results.append(result)
