@@ -6,10 +6,19 @@ they complete for point/detect) and, once exhausted, hold the full typed result 
 ``result``. Closing one before the end (``close()``/``aclose()``, leaving a ``with``
 block, or dropping the last reference) cancels the gRPC call, which makes the server
 cancel the request (``response_sender.is_cancelled()`` turns true).
+
+After the final response both wait (at most ``END_WAIT_S``) for the server to end the
+gRPC call before they hand out the last items. The server ends it right away (the request
+stream was half-closed after its one request), so this costs well under a millisecond;
+dropping the call earlier cancels it, and a cancel that races the server's end of stream
+leaves Triton 2.51 holding the model, which then cannot unload when the server stops (it
+exits 1 after ``--exit-timeout-secs``; docs/limits.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
@@ -31,6 +40,7 @@ R = TypeVar("R", bound=Result)  # the final result
 Extract = Callable[[Chunk], "list[Any]"]
 
 _EARLY_END = "the server closed the stream before the request's final response"
+END_WAIT_S = 2.0  # how long a finished request waits for the server to end its call
 
 
 def _rpc_error(exc: grpc.RpcError, url: str) -> MoonpipeError:
@@ -98,7 +108,15 @@ class Stream(_StreamState[T, R], Iterator[T]):
             except MoonpipeError:
                 self._closed = True
                 raise
+            if self._result is not None:
+                self._await_end()
         return self._pending.popleft()
+
+    def _await_end(self) -> None:
+        """Let the server end the call (see module docstring), bounded by ``END_WAIT_S``."""
+        ended = threading.Event()
+        self._call.add_done_callback(lambda *_: ended.set())  # runs at once if it already ended
+        ended.wait(END_WAIT_S)
 
     def wait(self) -> R:
         """Consume the rest of the stream and return the complete result."""
@@ -161,7 +179,16 @@ class AsyncStream(_StreamState[T, R], AsyncIterator[T]):
             except MoonpipeError:
                 self._closed = True
                 raise
+            if self._result is not None:
+                await self._await_end()
         return self._pending.popleft()
+
+    async def _await_end(self) -> None:
+        """Let the server end the call (see module docstring), bounded by ``END_WAIT_S``."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._call.code()), END_WAIT_S)
+        except (asyncio.TimeoutError, grpc.RpcError):
+            pass
 
     async def wait(self) -> R:
         """Consume the rest of the stream and return the complete result."""

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 from moonpipe_client import Caption, ConnectionFailed, InvalidRequest, Point, ServerError
+from moonpipe_client import stream as stream_module
 from moonpipe_client.client import extract_points, extract_text
 from moonpipe_client.results import ResultBuilder
 from moonpipe_client.stream import AsyncStream, Stream
@@ -44,12 +45,15 @@ class _Unreachable(grpc.RpcError):
 
 
 class ScriptedCall:
-    """Plays a list of messages (or raises an exception in their place) like a gRPC call."""
+    """Plays a list of messages (or raises an exception in their place) like a gRPC call;
+    ``ends``: whether the server ends the call (its status arrives) after the script."""
 
-    def __init__(self, script: list[Any]) -> None:
+    def __init__(self, script: list[Any], ends: bool = True) -> None:
         self._items: Iterator[Any] = iter(script)
+        self.ends = ends
         self.num_cancels = 0
         self.num_reads = 0
+        self.num_end_waits = 0
 
     def __next__(self) -> Any:
         self.num_reads += 1
@@ -67,6 +71,17 @@ class ScriptedCall:
     def cancel(self) -> bool:
         self.num_cancels += 1
         return True
+
+    def add_done_callback(self, fn: Any) -> None:
+        self.num_end_waits += 1
+        if self.ends:
+            fn(self)
+
+    async def code(self) -> grpc.StatusCode:
+        self.num_end_waits += 1
+        while not self.ends:
+            await asyncio.sleep(0.01)
+        return grpc.StatusCode.OK
 
 
 def _caption_script() -> list[Any]:
@@ -95,6 +110,31 @@ def test_stream_stops_at_the_final_response_without_reading_further() -> None:
     stream, call = _stream([*_caption_script(), make_message({"TEXT": "never read"})])
     assert stream.wait().to_dict() == {"caption": "a dog"}
     assert call.num_reads == 3
+
+
+def test_a_finished_stream_lets_the_server_end_the_call_before_it_is_dropped() -> None:
+    # dropping (cancelling) the call as the final response arrives races Triton 2.51's end
+    # of stream and can keep the model from unloading at shutdown (docs/limits.md)
+    stream, call = _stream(_caption_script())
+    assert stream.wait().to_dict() == {"caption": "a dog"}
+    assert call.num_end_waits == 1 and call.num_cancels == 0
+
+
+def test_a_call_the_server_never_ends_costs_a_bounded_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_module, "END_WAIT_S", 0.05)
+    call = ScriptedCall(_caption_script(), ends=False)
+    stream: Stream[str, Caption] = Stream(call, ResultBuilder("caption", True), extract_text, "h:1")
+    assert stream.wait().to_dict() == {"caption": "a dog"}
+    assert call.num_end_waits == 1
+
+    async def run() -> None:
+        slow = ScriptedCall(_caption_script(), ends=False)
+        astream: AsyncStream[str, Caption] = AsyncStream(lambda: slow, ResultBuilder("caption", True),
+                                                         extract_text, "h:1")
+        assert (await astream.wait()).to_dict() == {"caption": "a dog"}
+        assert slow.num_end_waits == 1
+
+    asyncio.run(run())
 
 
 def test_closing_early_cancels_the_call() -> None:
@@ -154,7 +194,7 @@ def test_async_stream_starts_lazily_and_yields_deltas() -> None:
         return items
 
     assert asyncio.run(run()) == ["a ", "dog"]
-    assert starts == [1] and call.num_cancels == 0
+    assert starts == [1] and call.num_cancels == 0 and call.num_end_waits == 1
 
 
 def test_async_stream_aclose_cancels_and_errors_map() -> None:
