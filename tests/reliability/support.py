@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -188,7 +189,8 @@ def read_message(outcome: Outcome, message: service_pb2.ModelStreamInferResponse
 
 
 def run_raw(url: str, inputs: Iterable[RawInput], timeout: float = 60.0) -> Outcome:
-    """Send one request on its own stream; read until its final response or error."""
+    """Send one request on its own stream; read until its final response or error, then
+    let the server end the call."""
     outcome = Outcome()
     with grpc.insecure_channel(url, options=CHANNEL_OPTIONS) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -201,8 +203,19 @@ def run_raw(url: str, inputs: Iterable[RawInput], timeout: float = 60.0) -> Outc
         except grpc.RpcError as exc:
             outcome.rpc_error = f"{exc.code().name}: {exc.details()}"
         finally:
-            call.cancel()
+            let_end(call)
     return outcome
+
+
+def let_end(call: Any, timeout: float = 5.0) -> None:
+    """Wait (bounded) until the server ended ``call``, then make sure it is over. Cancelling
+    or closing a call at the moment the server ends it can keep Triton 2.51 from unloading
+    the model at shutdown (docs/limits.md); after the final response the server ends the
+    call at once, since every request stream here is half-closed after its one request."""
+    ended = threading.Event()
+    call.add_done_callback(lambda *_: ended.set())
+    ended.wait(timeout)
+    call.cancel()  # a no-op once ended
 
 
 # ---------------------------------------------------------------- HTTP: metrics, readiness
@@ -395,11 +408,12 @@ def start_server(repository: Path, checkpoint: Path, log_path: Path,
 class OpenStream:
     """One request on its own gRPC stream, read by a background thread (bounded by
     ``timeout``): ``first`` is set at the first response, ``done`` when the stream ended
-    (final response, error message, or a failed call)."""
+    (final response, error message, or a failed call) and the server ended the call: a
+    well-behaved client (tritonclient's ``stop_stream``, ``moonpipe_client``) lets it end,
+    and closing the channel while it ends can keep Triton 2.51 from unloading the model
+    (docs/limits.md)."""
 
     def __init__(self, channel: grpc.Channel, inputs: Iterable[RawInput], timeout: float = 120.0) -> None:
-        import threading
-
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self.outcome = Outcome()
         self.first = threading.Event()
@@ -418,6 +432,7 @@ class OpenStream:
         except grpc.RpcError as exc:
             self.outcome.rpc_error = f"{exc.code().name}: {exc.details()}"
         finally:
+            let_end(self._call)
             self.done.set()
 
     def cancel(self) -> None:

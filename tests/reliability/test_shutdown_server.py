@@ -2,8 +2,7 @@
 
 What Triton 2.51 does (measured, see docs/limits.md): on SIGTERM it closes the HTTP
 endpoint at once, refuses new gRPC requests ("... has no available versions"; not
-asserted here: a request refused by Triton itself sometimes keeps the model from
-unloading in time, a Triton bug of its own, and the race with the signal is real) and then
+asserted here: the race with the signal is real) and then
 waits up to ``--exit-timeout-secs`` (5 s under ``moonpipe.triton_local``) for the model to
 unload. A decoupled model unloads only after every open request got its FINAL response
 (each request's response factory holds the model), and the adapter's ``finalize`` runs
@@ -17,23 +16,28 @@ requests finish for ``shutdown_drain_s`` and ends the rest with ``UNAVAILABLE``.
   server exits 0 (first test).
 * Requests that do not fit end with ``UNAVAILABLE: the server is shutting down`` and the
   server exits 0 (second test).
+* Clients that leave right after their final response do not keep the model loaded, as
+  long as they let the server end the call first (third test; docs/limits.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import time
 from collections import Counter
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from reliability.conftest import Target
 from reliability.support import (
     CHANNEL_OPTIONS,
+    MODEL,
     OpenStream,
     base_inputs,
     cmdline,
@@ -41,6 +45,7 @@ from reliability.support import (
     engine_gauges,
     group_pids,
     picture,
+    run_raw,
     wait_until,
 )
 
@@ -122,3 +127,44 @@ def test_sigterm_mid_load_ends_every_open_stream_even_long_ones(fresh_server_fac
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)  # never leave a hung server behind
+
+
+def test_clients_that_leave_at_the_final_response_do_not_keep_the_model_loaded(fresh_server_factory: Any) -> None:
+    """Triton 2.51 keeps a model loaded (its shutdown then waits out the exit timeout and
+    exits 1, with no ``finalize``) if a client cancels its gRPC call at the moment the
+    server ends it, right after the final response; in our runs 3 of 8 shutdowns after 12
+    such clients. moonpipe_client and tritonclient's ``stop_stream`` let the server end the
+    call first, so a server that only ever saw them stops cleanly."""
+    from moonpipe_client import Client
+    from tritonclient.grpc import InferenceServerClient, InferInput
+
+    target: Target = fresh_server_factory(PARAMETERS)
+    with Client(target.grpc_url, timeout=60) as client:  # leaves (closes) right after each final
+        for i in range(4):
+            client.caption(picture(i), max_tokens=2)
+            with client.caption(picture(10 + i), stream=True, max_tokens=2) as stream:
+                for _ in stream:
+                    pass
+            client.point(picture(20 + i), "cat", max_objects=1)
+    for i in range(4):
+        assert run_raw(target.grpc_url, base_inputs("caption", picture(30 + i), max_tokens=2)).final
+    finals: queue.Queue[Any] = queue.Queue()
+    triton = InferenceServerClient(target.grpc_url)
+    triton.start_stream(callback=lambda result, error: finals.put(error or result))
+    image = InferInput("IMAGE", [1], "BYTES")
+    for i in range(4):
+        image.set_data_from_numpy(np.array([picture(40 + i)], dtype=np.object_))
+        skill = InferInput("SKILL", [1], "BYTES")
+        skill.set_data_from_numpy(np.array([b"caption"], dtype=np.object_))
+        max_tokens = InferInput("MAX_TOKENS", [1], "INT32")
+        max_tokens.set_data_from_numpy(np.array([2], dtype=np.int32))
+        triton.async_stream_infer(MODEL, [skill, image, max_tokens])
+        reply = finals.get(timeout=60)
+        assert not isinstance(reply, Exception), reply
+    triton.stop_stream()  # waits for the server to end the stream
+    triton.close()
+
+    os.killpg(target.pgid, signal.SIGTERM)
+    wait_until(lambda: not target.server.running(), timeout=30, what="tritonserver to exit")
+    assert target.server.stop() == 0, target.log_tail()
+    assert "moonpipe: finalized" in target.log_text()
