@@ -487,11 +487,14 @@ class TritonPythonModel:
             self._sender.reject(request_id, sender, request.skill, triton_id, RequestFailed(f"submit failed: {exc}"))
 
     def finalize(self) -> None:
+        started = time.perf_counter()
         self._accepting = False
         timeout = float(self._config.shutdown_timeout_s)
         try:
             self._engine.shutdown(timeout=timeout)  # every in-flight request gets its final callback
         except Exception as exc:
             self._logger.log_error(f"moonpipe: engine shutdown failed: {exc}")
+        engine_s = time.perf_counter() - started
         self._sender.join(timeout)
-        self._logger.log_info("moonpipe: finalized")
+        self._logger.log_info(f"moonpipe: finalized in {time.perf_counter() - started:.2f} s "
+                              f"(engine {engine_s:.2f} s)")
