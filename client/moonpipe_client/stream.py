@@ -33,7 +33,7 @@ from moonpipe_client.results import Chunk, Result, ResultBuilder
 if TYPE_CHECKING:
     from tritonclient.grpc import service_pb2
 
-__all__ = ["AsyncStream", "Extract", "Stream"]
+__all__ = ["AsyncStream", "Extract", "Stream", "wait_for_end"]
 
 T = TypeVar("T")  # the items yielded
 R = TypeVar("R", bound=Result)  # the final result
@@ -41,6 +41,14 @@ Extract = Callable[[Chunk], "list[Any]"]
 
 _EARLY_END = "the server closed the stream before the request's final response"
 END_WAIT_S = 2.0  # how long a finished request waits for the server to end its call
+
+
+def wait_for_end(call: Any, timeout: float) -> bool:
+    """Wait at most ``timeout`` s until the server ended a (sync) gRPC call; True if it did.
+    The done callback fires without reading: the call's status arrives on its own."""
+    ended = threading.Event()
+    call.add_done_callback(lambda *_: ended.set())  # runs at once if it already ended
+    return ended.wait(timeout)
 
 
 def _rpc_error(exc: grpc.RpcError, url: str) -> MoonpipeError:
@@ -114,9 +122,7 @@ class Stream(_StreamState[T, R], Iterator[T]):
 
     def _await_end(self) -> None:
         """Let the server end the call (see module docstring), bounded by ``END_WAIT_S``."""
-        ended = threading.Event()
-        self._call.add_done_callback(lambda *_: ended.set())  # runs at once if it already ended
-        ended.wait(END_WAIT_S)
+        wait_for_end(self._call, END_WAIT_S)
 
     def wait(self) -> R:
         """Consume the rest of the stream and return the complete result."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from moonpipe_client.stream import wait_for_end
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 from tritonclient.utils import serialize_byte_tensor
 
@@ -212,9 +213,7 @@ def let_end(call: Any, timeout: float = 5.0) -> None:
     or closing a call at the moment the server ends it can keep Triton 2.51 from unloading
     the model at shutdown (docs/limits.md); after the final response the server ends the
     call at once, since every request stream here is half-closed after its one request."""
-    ended = threading.Event()
-    call.add_done_callback(lambda *_: ended.set())
-    ended.wait(timeout)
+    wait_for_end(call, timeout)
     call.cancel()  # a no-op once ended
 
 
