@@ -59,6 +59,19 @@ def _wait_ended(streams: list[OpenStream], timeout: float = END_TIMEOUT_S) -> No
             f"a stream did not end within {timeout:.0f} s: {s.kind()} after {len(s.outcome.responses)} responses")
 
 
+def _trigger_under_load(fault_server: Target, trigger: str) -> tuple[list[OpenStream], list[OpenStream]]:
+    """4 long streams decoding and 3 short requests queued, then the fault ``trigger``
+    file; returns (running, queued) once every stream ended."""
+    with grpc.insecure_channel(fault_server.grpc_url, options=CHANNEL_OPTIONS) as channel:
+        running = _long_streams(channel, 4)
+        _wait_streaming(running)
+        queued = [OpenStream(channel, _short_inputs()) for _ in range(3)]
+        _wait_gauges(fault_server, running_sequences=4, queue_depth=3)
+        (Path(fault_server.server.fault_dir) / trigger).touch()
+        _wait_ended(running + queued)
+    return running, queued
+
+
 def _wait_gauges(target: Target, **expected: float) -> None:
     wait_until(lambda: all(engine_gauges(target.metrics_url)[f"moonpipe_{k}"] == v for k, v in expected.items()),
                timeout=20, what=f"gauges {expected}")
@@ -98,14 +111,7 @@ def test_fault_in_a_forward_fails_only_that_steps_requests(fault_server: Target,
                                                            stubs_at_start: list[int]) -> None:
     reference = run_raw(fault_server.grpc_url, _short_inputs())
     assert reference.final and reference.error is None
-    with grpc.insecure_channel(fault_server.grpc_url, options=CHANNEL_OPTIONS) as channel:
-        running = _long_streams(channel, 4)
-        _wait_streaming(running)
-        queued = [OpenStream(channel, _short_inputs()) for _ in range(3)]
-        _wait_gauges(fault_server, running_sequences=4, queue_depth=3)
-
-        (Path(fault_server.server.fault_dir) / "fail-step").touch()
-        _wait_ended(running + queued)
+    running, queued = _trigger_under_load(fault_server, "fail-step")
 
     for s in running:
         assert s.outcome.error is not None, s.kind()
@@ -123,14 +129,7 @@ def test_fault_in_a_forward_fails_only_that_steps_requests(fault_server: Target,
 
 def test_crashed_scheduler_ends_every_pending_request_with_an_error(fault_server: Target,
                                                                     stubs_at_start: list[int]) -> None:
-    with grpc.insecure_channel(fault_server.grpc_url, options=CHANNEL_OPTIONS) as channel:
-        running = _long_streams(channel, 4)
-        _wait_streaming(running)
-        queued = [OpenStream(channel, _short_inputs()) for _ in range(3)]
-        _wait_gauges(fault_server, running_sequences=4, queue_depth=3)
-
-        (Path(fault_server.server.fault_dir) / "crash").touch()
-        _wait_ended(running + queued)
+    running, queued = _trigger_under_load(fault_server, "crash")
 
     for s in running + queued:
         assert s.outcome.error is not None, s.kind()
