@@ -116,13 +116,9 @@ class Stream(_StreamState[T, R], Iterator[T]):
             except MoonpipeError:
                 self._closed = True
                 raise
-            if self._result is not None:
-                self._await_end()
+            if self._result is not None:  # let the server end the call (module docstring)
+                wait_for_end(self._call, END_WAIT_S)
         return self._pending.popleft()
-
-    def _await_end(self) -> None:
-        """Let the server end the call (see module docstring), bounded by ``END_WAIT_S``."""
-        wait_for_end(self._call, END_WAIT_S)
 
     def wait(self) -> R:
         """Consume the rest of the stream and return the complete result."""
