@@ -57,7 +57,7 @@ read -r -a extra_args <<< "${TRITON_EXTRA_ARGS:-}"
 log "starting tritonserver on ${rendered}"
 # Not exec: docker stop / the kubelet signal PID 1 only, but the Python-backend stub must
 # see SIGTERM too, so the adapter ends streams that cannot drain before the exit timeout
-# (model_repository/moondream/1/model.py). Forward it to the whole process group.
+# (model_repository/moondream/1/moondream_signals.py). Forward it to the whole process group.
 tritonserver \
     --model-repository="${rendered}" \
     --disable-auto-complete-config \
@@ -73,7 +73,7 @@ forward() {
     kill -s "$1" 0
 }
 trap 'forward TERM' TERM
-trap 'forward TERM' INT  # the stub drains on SIGTERM (model.py), so Ctrl-C becomes TERM
+trap 'forward TERM' INT  # the stub drains on SIGTERM (moondream_signals.py), so Ctrl-C becomes TERM
 status=0
 while kill -0 "${server}" 2> /dev/null; do
     wait "${server}" || status=$?  # returns early when a trapped signal arrives

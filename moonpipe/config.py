@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DTYPE_NAMES",
     "EngineConfig",
+    "KVLayout",
     "ModelConfig",
     "RegionConfig",
     "TextConfig",
     "TokenizerConfig",
     "VisionConfig",
+    "pages_needed",
+    "torch_dtype",
 ]
 
 
@@ -41,7 +45,7 @@ class TextConfig:
     max_context: int = 2048
     n_heads: int = 32
     n_kv_heads: int = 32
-    prefix_attn: int = 730
+    prefix_attn: int = 730  # BOS + the image tokens: the prefix attended bidirectionally
     group_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +88,11 @@ class VisionConfig:
             raise ValueError("VisionConfig: enc_dim must be divisible by enc_n_heads")
         if (self.crop_size, self.enc_patch_size, self.in_channels) != (378, 14, 3):
             raise ValueError("VisionConfig: crop_size 378, patch 14 and 3 channels are fixed by moondream2")
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens one image becomes: a 27 x 27 grid of patches."""
+        return (self.crop_size // self.enc_patch_size) ** 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,11 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
+        if self.text.prefix_attn != 1 + self.vision.num_image_tokens:
+            raise ValueError(
+                f"ModelConfig: text.prefix_attn must be 1 (BOS) + {self.vision.num_image_tokens} image "
+                f"tokens, got {self.text.prefix_attn}"
+            )
         if self.vision.proj_out_dim != self.text.dim:
             raise ValueError("ModelConfig: vision.proj_out_dim must equal text.dim")
         if self.region.dim != self.text.dim:
@@ -187,8 +201,23 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def prefix_len(self) -> int:
+        """KV positions before the prompt: BOS + the image tokens (``text.prefix_attn``)."""
+        return self.text.prefix_attn
 
-_DTYPES = ("float32", "float16", "bfloat16")
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # each is also the name of a torch dtype
+
+
+def torch_dtype(name: str) -> Any:
+    """The ``torch.dtype`` called ``name`` (one of ``DTYPE_NAMES``); ValueError otherwise."""
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {name!r}")
+    import torch  # here, so that the configuration stays importable without torch
+
+    return getattr(torch, name)
+
 _DEVICES = ("cpu", "cuda")
 _CPU_WORKERS = ("thread", "process")
 
@@ -222,8 +251,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in _DEVICES:
             raise ValueError(f"EngineConfig.device must be one of {_DEVICES} (optionally cuda:N), got {self.device!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"EngineConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"EngineConfig.dtype must be one of {DTYPE_NAMES}, got {self.dtype!r}")
         if self.pipeline_depth not in (1, 2):
             raise ValueError(f"EngineConfig.pipeline_depth must be 1 (blocking) or 2 (pipelined), got {self.pipeline_depth}")
         _positive(self, "max_batch_size", "kv_page_size", "max_queue", "max_image_pixels",
@@ -234,3 +263,43 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.num_kv_pages must be >= 0, got {self.num_kv_pages}")
         if self.max_batch_size > 256:
             raise ValueError("EngineConfig.max_batch_size must be <= 256")
+
+
+def pages_needed(num_positions: int, page_size: int) -> int:
+    """KV pages of ``page_size`` positions that hold ``num_positions`` (at least one)."""
+    return max(1, -(-num_positions // page_size))
+
+
+@dataclass(frozen=True, slots=True)
+class KVLayout:
+    """The paged KV cache's geometry: derived once from the two configs, then read by the
+    runtime (tensor sizes), the scheduler (its page allocator) and ``Engine.submit``.
+
+    Page 0 is a scratch page never handed out, so ``num_pages`` counts it and a single
+    sequence can get at most ``num_pages - 1``.
+    """
+
+    page_size: int
+    num_pages: int
+    max_pages_per_seq: int
+
+    def __post_init__(self) -> None:
+        _positive(self, "page_size", "num_pages", "max_pages_per_seq")
+        if self.num_pages < 2:
+            raise ValueError("KVLayout.num_pages must be >= 2 (page 0 is scratch)")
+
+    @classmethod
+    def from_configs(cls, engine: EngineConfig, text: TextConfig) -> KVLayout:
+        """``engine.num_kv_pages`` pages, or (0) enough for ``max_batch_size`` full contexts."""
+        per_seq = pages_needed(text.max_context, engine.kv_page_size)
+        num_pages = engine.num_kv_pages or engine.max_batch_size * per_seq + 1
+        return cls(page_size=engine.kv_page_size, num_pages=num_pages, max_pages_per_seq=per_seq)
+
+    def pages_needed(self, num_positions: int) -> int:
+        """Pages that hold ``num_positions`` KV positions (at least one)."""
+        return pages_needed(num_positions, self.page_size)
+
+    @property
+    def capacity(self) -> int:
+        """Pages one sequence could ever get (all but the scratch page)."""
+        return self.num_pages - 1

@@ -4,7 +4,8 @@ Threads::
 
     caller(s)        submit(): validate, decode + crop the image, tokenise -> inbox
     scheduler        owns every mutable structure; the tick (scheduler/scheduler.py)
-    compute worker   CPU only: runs forwards/sampling in order (runtime/streams.py)
+    compute worker   CPU only: runs forwards/sampling in order (a thread,
+                     runtime/cpu_stream.py, or a process, runtime/device_process.py)
     copy worker      CPU only: device->host copies
     output           detokenise, post-process, call the Sink (output.py)
 
@@ -19,13 +20,13 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from moonpipe.config import EngineConfig, ModelConfig
+from moonpipe.affinity import pin_thread
+from moonpipe.config import EngineConfig, KVLayout, ModelConfig, torch_dtype
 from moonpipe.errors import (
     CheckpointError,
     EngineStopped,
@@ -39,9 +40,9 @@ from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import load_model
 from moonpipe.output import OutputProcessor
 from moonpipe.request import Request, Sink, Timings
-from moonpipe.runtime.kv_cache import pages_needed
-from moonpipe.runtime.runner import ModelRunner, image_key
-from moonpipe.runtime.streams import pin_thread
+from moonpipe.runtime.device_work import FaultHook
+from moonpipe.runtime.image_lru import image_key
+from moonpipe.runtime.runner import ModelRunner
 from moonpipe.scheduler.scheduler import Command, Scheduler
 from moonpipe.scheduler.sequence import Sequence
 from moonpipe.skills import SkillSet, sampling_defaults
@@ -51,16 +52,17 @@ __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger("moonpipe.engine")
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 class Engine:
     """Load a checkpoint, start the scheduler, serve requests (see module docstring)."""
 
     def __init__(self, config: EngineConfig, *, model: MoondreamModel | None = None,
-                 tokenizer: Tokenizer | None = None, model_config: ModelConfig | None = None) -> None:
+                 tokenizer: Tokenizer | None = None, model_config: ModelConfig | None = None,
+                 fault_hook: FaultHook | None = None) -> None:
         """Build from ``config.checkpoint``; or from an in-memory ``model`` + ``tokenizer`` +
-        ``model_config`` (benchmarks with random full-size weights)."""
+        ``model_config`` (benchmarks with random full-size weights). ``fault_hook`` is
+        test-only (``moonpipe/testing.py``): it runs inside every forward, and raising
+        there fails that step."""
         self.config = config
         device = torch.device(config.device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -73,7 +75,7 @@ class Engine:
                 raise CheckpointError(f"checkpoint directory {ckpt} does not exist")
             model_config = ModelConfig.from_dir(ckpt)
             tokenizer = Tokenizer.from_file(ckpt)
-            model = load_model(ckpt, dtype=_DTYPES[config.dtype], device=device)
+            model = load_model(ckpt, dtype=torch_dtype(config.dtype), device=device)
         if tokenizer is None or model_config is None:
             raise ValueError("Engine: pass model, tokenizer and model_config together")
         model.eval()
@@ -83,14 +85,15 @@ class Engine:
         masks = self.skills.vocab_masks
         self._mask_index = {m.name: i for i, m in enumerate(masks, start=1)}
         self.telemetry = Telemetry()
-        self.runner = ModelRunner(model, model_config, config, masks)
+        self.kv_layout = KVLayout.from_configs(config, model_config.text)
+        self.runner = ModelRunner(model, model_config, config, self.kv_layout, masks, fault_hook=fault_hook)
         self.output = OutputProcessor(tokenizer, cpus=self.runner.streams.host_cpus)
         self._lock = threading.Lock()
         self._active: set[str] = set()
         self._ids = itertools.count()
         self._accepting = True
         self._alive = True
-        self.scheduler = Scheduler(self.runner, self.output, self.telemetry, config.pipeline_depth,
+        self.scheduler = Scheduler(self.runner, self.output, self.telemetry, config, self.kv_layout,
                                    on_final=self._forget_request)
         self._thread = threading.Thread(target=self._run, name="moonpipe-scheduler", daemon=True)
         self._thread.start()
@@ -135,10 +138,6 @@ class Engine:
         """Return and reset cumulative decode-step totals (for benchmarks)."""
         return self.telemetry.reset_totals()
 
-    def set_fault_hook(self, hook: Callable[[str, list[int]], None] | None) -> None:
-        """Test-only: ``hook(kind, seq_slots)`` runs inside every forward; raising fails that step."""
-        self.runner.fault_hook = hook
-
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting, end every pending request (EngineStopped), join threads."""
         with self._lock:
@@ -177,22 +176,23 @@ class Engine:
                                                  max_prompt_tokens=cfg.max_prompt_tokens)
         temperature, top_p, max_tokens, _ = sampling_defaults(request)
         prompt_ids = tuple(constraint.prompt_ids)
-        prefix = 730 + len(prompt_ids)
+        prefix = self.model_config.prefix_len + len(prompt_ids)
         room = text.max_context - prefix - 1
         if room < 1:
             raise RequestTooLarge(f"PROMPT: {len(prompt_ids)} tokens leave no room in the {text.max_context}-token context")
         max_outputs = min(max_tokens, room)
         num_positions = prefix + max_outputs + 1
-        if pages_needed(num_positions, cfg.kv_page_size) > self.runner.kv.allocator.capacity:
+        layout = self.kv_layout
+        if layout.pages_needed(num_positions) > layout.capacity:
             raise RequestTooLarge(
                 f"MAX_TOKENS: this request needs {num_positions} KV positions but the whole pool holds "
-                f"{self.runner.kv.allocator.capacity * cfg.kv_page_size}; lower MAX_TOKENS"
+                f"{layout.capacity * layout.page_size}; lower MAX_TOKENS"
             )
         return Sequence(
             seq_id=next(self._ids), request=request, sink=sink, constraint=constraint,
             prompt_ids=prompt_ids, crops=crops, tiling=tiling, image_key=key, image=bytes(request.image),
-            temperature=float(temperature), top_p=float(top_p), max_outputs=max_outputs,
-            num_positions=num_positions, timings=Timings(submitted=time.perf_counter()),
+            temperature=float(temperature), top_p=float(top_p), num_prompt_tokens=prefix,
+            max_outputs=max_outputs, num_positions=num_positions, timings=Timings(submitted=time.perf_counter()),
         )
 
     def _forget_request(self, request_id: str) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "DeviceLost",
     "EngineError",
     "EngineStopped",
     "InvalidRequest",
     "QueueFull",
-    "RequestCancelled",
     "RequestFailed",
     "RequestTooLarge",
 ]
@@ -47,12 +47,6 @@ class EngineStopped(EngineError):
     code = "UNAVAILABLE"
 
 
-class RequestCancelled(EngineError):
-    """The request was aborted by its client."""
-
-    code = "CANCELLED"
-
-
 class RequestFailed(EngineError):
     """The engine failed while running this request (e.g. an exception in a forward)."""
 
@@ -63,3 +57,9 @@ class CheckpointError(EngineError, ValueError):
     """A checkpoint directory is missing files or holds missing/unexpected/mis-shaped tensors."""
 
     code = "CHECKPOINT"
+
+
+class DeviceLost(RuntimeError):
+    """Internal, never sent to a client as is: a compute stream's worker is gone (a CPU
+    worker process crashed or was killed), so no later step can run. The scheduler treats
+    it as fatal (every request gets ``EngineStopped``) rather than failing one step."""

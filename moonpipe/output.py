@@ -4,10 +4,10 @@ The scheduler thread only appends token ids and objects to a queue (one ``put`` 
 commit). This thread detokenises incrementally, parses segment paths, assembles the
 ``Result`` and calls the request's ``Sink``, so none of that lands on the decode tick.
 
-Contract: for every sequence handed to ``emit_final``/``emit_error`` the sink gets
-exactly one ``on_result``/``on_error``; an exception while post-processing becomes an
-``on_error(RequestFailed)``; an exception raised by a sink is logged and swallowed
-(after logging) so one bad sink cannot stop the others.
+Contract: for every ``OutputEvent`` with ``final`` set, the request's sink gets exactly
+one ``on_result`` or ``on_error`` (after any ``on_delta``); an exception while
+post-processing becomes an ``on_error(RequestFailed)``; an exception raised by a sink is
+logged, then dropped, so one bad sink cannot stop the others.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from moonpipe.affinity import pin_thread
 from moonpipe.errors import EngineError, RequestFailed
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.request import Box, Delta, Point, Request, Result, Sink, Timings
-from moonpipe.runtime.streams import pin_thread
-from moonpipe.skills import finish as finish_skill
+from moonpipe.skills import final_output
 from moonpipe.skills.detok import IncrementalDetokenizer
 
 __all__ = ["OutputEvent", "OutputProcessor"]
@@ -108,7 +108,7 @@ class OutputProcessor:
             return
         self._detok.pop(rid, None)
         try:
-            out = finish_skill(ev.request, ev.all_token_ids, ev.all_points, ev.all_boxes,
+            out = final_output(ev.request, ev.all_token_ids, ev.all_points, ev.all_boxes,
                                ev.finish_reason, self._tokenizer)
         except Exception as exc:
             log.exception("post-processing failed for %s", rid)

@@ -369,7 +369,7 @@ def _check_hpa_metrics(root: Path, hpas: Sequence[dict[str, Any]]) -> list[str]:
     adapter = yaml.safe_load((root / "docker/k8s/prometheus-adapter/adapter-config.yaml").read_text())
     rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
     exposed = {r["name"]["as"]: r["seriesQuery"].split("{")[0] for r in rules}
-    model_py = (root / "model_repository/moondream/1/model.py").read_text()
+    metrics_py = (root / "model_repository/moondream/1/moondream_metrics.py").read_text()
     problems: list[str] = []
     for metric in hpas[0]["spec"].get("metrics", []):
         if metric.get("type") != "Pods":
@@ -377,8 +377,8 @@ def _check_hpa_metrics(root: Path, hpas: Sequence[dict[str, Any]]) -> list[str]:
         name = metric["pods"]["metric"]["name"]
         if name not in exposed:
             problems.append(f"HPA metric {name} has no prometheus-adapter rule")
-        elif f'"{exposed[name]}"' not in model_py:
-            problems.append(f"HPA metric {name}: series {exposed[name]} is not exported by model.py")
+        elif f'"{exposed[name]}"' not in metrics_py:
+            problems.append(f"HPA metric {name}: series {exposed[name]} is not exported by moondream_metrics.py")
     if not problems and not any(m.get("type") == "Pods" for m in hpas[0]["spec"].get("metrics", [])):
         problems.append("HPA does not scale on a per-pod custom metric")
     return problems

@@ -11,20 +11,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moonpipe.config import EngineConfig, ModelConfig
+from moonpipe.config import EngineConfig, ModelConfig, pages_needed, torch_dtype
 from moonpipe.engine import Engine
 from moonpipe.model.checkpoint import preset_config
 from moonpipe.model.moondream import MoondreamModel
 from moonpipe.model.synth_tokenizer import build_tokenizer
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import build_random_model
-from moonpipe.runtime.kv_cache import pages_needed
 
 __all__ = ["RESULTS_DIR", "bench_image", "build_bench_engine", "device_name", "slug"]
 
 RESULTS_DIR = Path("bench/results")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -51,7 +48,7 @@ def bench_image(seed: int = 0, size: tuple[int, int] = (640, 480)) -> bytes:
 @functools.lru_cache(maxsize=2)
 def _model(preset: str, device: str, dtype: str) -> tuple[MoondreamModel, ModelConfig, Tokenizer]:
     cfg = preset_config(preset)
-    model = build_random_model(cfg, seed=0, dtype=_DTYPES[dtype], device=device)
+    model = build_random_model(cfg, seed=0, dtype=torch_dtype(dtype), device=device)
     # Fixed-length workload: eos can never win, so every request generates max_tokens and
     # depth 1 and depth 2 do exactly the same work (L is a setting, not luck).
     with torch.no_grad():

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from moonpipe.config import ModelConfig, RegionConfig, TextConfig, VisionConfig
+from moonpipe.config import ModelConfig, RegionConfig, TextConfig, VisionConfig, torch_dtype
 from moonpipe.errors import CheckpointError
 from moonpipe.model.init import PRESET_EOS_BIAS, init_tensor
 from moonpipe.model.moondream import MoondreamModel
@@ -33,7 +33,6 @@ __all__ = ["CHECKPOINT_FILES", "PRESETS", "ensure_checkpoint", "make_checkpoint"
 
 CHECKPOINT_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json")
 PRESETS = ("tiny", "small", "md2")
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _ST_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
 
 _TINY_VISION = VisionConfig(
@@ -111,14 +110,13 @@ def make_checkpoint(
     """Write a synthetic checkpoint directory; refuses to overwrite one unless ``force``."""
     out = Path(out_dir)
     config = preset_config(preset)
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    torch_dt = torch_dtype(dtype)  # ValueError naming the choices
     existing = [name for name in CHECKPOINT_FILES if (out / name).exists()]
     if existing and not force:
         raise CheckpointError(f"{out}: already holds {', '.join(existing)}; pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     show = preset == "md2" if progress is None else progress
-    _write_safetensors(out / WEIGHTS_FILE, config, seed=seed, dtype=_DTYPES[dtype],
+    _write_safetensors(out / WEIGHTS_FILE, config, seed=seed, dtype=torch_dt,
                        eos_bias=PRESET_EOS_BIAS[preset], progress=show)
     build_tokenizer(config.text.vocab_size, seed=seed).save(str(out / "tokenizer.json"))
     # config.json last: its presence marks a complete checkpoint.

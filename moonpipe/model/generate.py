@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moonpipe.model.moondream import PREFIX_LEN, MoondreamModel
+from moonpipe.model.moondream import MoondreamModel
 from moonpipe.model.region import coord_from_logits, size_from_logits, spatial_ref_values
 
 __all__ = [
@@ -61,7 +61,7 @@ class Sequence:
         other.pos = self.pos
         return other
 
-    def prefill(self, embeds: Tensor, prefix_len: int = PREFIX_LEN) -> Tensor:
+    def prefill(self, embeds: Tensor, prefix_len: int | None = None) -> Tensor:
         """(T, D) at the next T positions -> hidden (T, D)."""
         hidden = self.model.prefill(embeds, self.pos, self.k_cache, self.v_cache, self.page_ids, prefix_len)
         self.pos += embeds.shape[0]
@@ -125,7 +125,7 @@ def generate_text(
     prompt_embeds: Tensor,
     *,
     max_tokens: int,
-    prefix_len: int = PREFIX_LEN,
+    prefix_len: int | None = None,
     record_logits: bool = False,
 ) -> TextResult:
     """Greedy md.py ``_generate_answer``: first token unmasked, then ``answer_id`` banned.

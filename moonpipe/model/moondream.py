@@ -15,9 +15,7 @@ from moonpipe.model.region import RegionModel
 from moonpipe.model.text import TextModel
 from moonpipe.model.vision import VisionModel
 
-__all__ = ["PREFIX_LEN", "MoondreamModel"]
-
-PREFIX_LEN = 730  # BOS + 729 image tokens, attended bidirectionally
+__all__ = ["MoondreamModel"]
 
 
 class MoondreamModel(nn.Module):
@@ -49,14 +47,17 @@ class MoondreamModel(nn.Module):
         k_cache: Tensor,
         v_cache: Tensor,
         page_ids: Tensor,
-        prefix_len: int = PREFIX_LEN,
+        prefix_len: int | None = None,
     ) -> Tensor:
         """Prefill (T, D) at positions [start_pos, start_pos+T) -> hidden (T, D) before post_ln.
 
         Writes post-rotary K/V into the pages ``page_ids``; queries attend to [0, start_pos)
         from the cache plus themselves: positions < ``prefix_len`` bidirectionally within the
-        prefix, later ones causally (seeing the whole prefix). ``prefix_len=0`` = plain causal.
+        prefix, later ones causally (seeing the whole prefix). ``prefix_len=0`` = plain causal;
+        ``None`` = the model's (BOS + image tokens, ``ModelConfig.prefix_len``).
         """
+        if prefix_len is None:
+            prefix_len = self.config.prefix_len
         return self.text.prefill(embeds, start_pos, k_cache, v_cache, page_ids, prefix_len)
 
     def decode(

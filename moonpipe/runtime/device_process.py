@@ -50,24 +50,23 @@ from typing import Any
 import torch
 import torch.multiprocessing as tmp
 
-from moonpipe.runtime.streams import CpuEvent, DeviceLost, Event, Stream, pin_thread
+from moonpipe.affinity import pin_thread
+from moonpipe.errors import DeviceLost
+from moonpipe.runtime.cpu_stream import CpuEvent
+from moonpipe.runtime.streams import Event, Stream
 
 __all__ = ["ProcessStream"]
 
 log = logging.getLogger("moonpipe.device_process")
 
-_CTX: Any = None
-_CTX_LOCK = threading.Lock()
-
 
 def _context() -> Any:
-    global _CTX
-    with _CTX_LOCK:
-        if _CTX is None:
-            ctx = tmp.get_context("forkserver")
-            ctx.set_forkserver_preload(["torch", "moonpipe.runtime.device_work", __name__])
-            _CTX = ctx
-        return _CTX
+    """The fork-server context. multiprocessing keeps one fork server per program; the
+    preload list only matters before that server first starts, so setting it again is
+    harmless."""
+    ctx = tmp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "moonpipe.runtime.device_work", __name__])
+    return ctx
 
 
 def _picklable(error: BaseException | None) -> BaseException | None:

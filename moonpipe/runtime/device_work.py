@@ -11,67 +11,44 @@ State (all allocated by the runner; shared memory when the worker is a process):
     model, k/v (paged KV), slots (their buffers), mask_table
     next_token (S+1,) long | next_coord (S+1,) f32 | next_size (S+1, 2) f32 | feed_kind (S+1,) long
 
-State private to whoever executes the work (rebuilt by a worker process, never shared):
-the sampling generator (seeded from ``cfg.seed``, so a process worker samples the same
-stream as a thread), the image-embedding cache, the test fault hook, CUDA graphs.
+indexed by seq row (row S is the padding rows' scratch row); the test-only fault hook
+travels with the object. State private to whoever executes the work (rebuilt by a worker
+process, never shared): the sampling generator (seeded from ``cfg.seed``, so a process
+worker samples the same stream as a thread), the image-embedding cache, CUDA graphs.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from moonpipe.config import EngineConfig, ModelConfig
 from moonpipe.model.image import decode_image, normalize_crops, overlap_crops
 from moonpipe.model.moondream import MoondreamModel
 from moonpipe.runtime.graphs import DecodeGraphs
+from moonpipe.runtime.image_lru import ImageLRU
 from moonpipe.runtime.sampling import apply_masks, sample_tokens, spatial_values
-from moonpipe.runtime.slots import DecodeSlot, StepShape
-from moonpipe.skills.base import Feed
+from moonpipe.runtime.slots import StepShape, StepSlot
+from moonpipe.step import Feed, PrefillItem, SamplingFlags
 
-__all__ = ["DeviceWork", "PrefillItem", "SamplingFlags"]
+__all__ = ["DeviceWork", "FaultHook"]
 
+# Test-only: ``hook(kind, seq_rows)`` runs inside every forward ("prefill" / "decode");
+# raising fails that step (``moonpipe/testing.py``). With a process worker it must pickle.
 FaultHook = Callable[[str, list[int]], None]
 
-_PRIVATE = ("generator", "image_cache", "fault_hook", "graphs")
-
-
-@dataclass(frozen=True, slots=True)
-class PrefillItem:
-    """One sequence of a prefill step."""
-
-    seq_slot: int
-    image_key: str
-    crops: np.ndarray | None  # (n, 378, 378, 3) uint8; None: the embedding was cached at submit
-    tiling: tuple[int, int]
-    image: bytes  # the encoded file, decoded here only if a cached embedding was evicted
-    prompt_ids: tuple[int, ...]
-    page_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingFlags:
-    """Batch-wide facts the host knows before sampling (they pick code paths)."""
-
-    any_mask: bool
-    any_banned: bool
-    any_sampled: bool
-    any_coord: bool
-    any_size: bool
+_PRIVATE = ("generator", "image_cache", "graphs")
 
 
 class DeviceWork:
     """The methods a compute stream runs (see module docstring)."""
 
     def __init__(self, *, model: MoondreamModel, model_cfg: ModelConfig, cfg: EngineConfig,
-                 dtype: torch.dtype, k: torch.Tensor, v: torch.Tensor, slots: list[DecodeSlot],
+                 dtype: torch.dtype, k: torch.Tensor, v: torch.Tensor, slots: list[StepSlot],
                  next_token: torch.Tensor, next_coord: torch.Tensor, next_size: torch.Tensor,
-                 feed_kind: torch.Tensor, mask_table: torch.Tensor) -> None:
+                 feed_kind: torch.Tensor, mask_table: torch.Tensor, fault_hook: FaultHook | None = None) -> None:
         self.model = model
         self.model_cfg = model_cfg
         self.cfg = cfg
@@ -83,14 +60,14 @@ class DeviceWork:
         self.feed_kind = feed_kind
         self.mask_table = mask_table
         self.bos_id = model_cfg.tokenizer.bos_id
+        self.fault_hook = fault_hook
         self._replica = False
         self._init_private()
 
     def _init_private(self) -> None:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.cfg.seed)
-        self.image_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.fault_hook: FaultHook | None = None  # test-only: raising fails the step
+        self.image_cache: ImageLRU[torch.Tensor] = ImageLRU(self.cfg.image_cache_size)
         self.graphs: DecodeGraphs | None = None
 
     # A worker process gets the shared state and rebuilds its private state.
@@ -102,10 +79,7 @@ class DeviceWork:
         self._replica = True
         self._init_private()
 
-    def set_fault_hook(self, hook: FaultHook | None) -> None:
-        self.fault_hook = hook
-
-    def _slot(self, index: int, shape: StepShape) -> DecodeSlot:
+    def _slot(self, index: int, shape: StepShape) -> StepSlot:
         slot = self.slots[index]
         if self._replica:  # a worker process's own copy of the slot object: take the sizes
             slot.adopt(shape)  # (in the staging process they are already set, and stay so)
@@ -130,16 +104,16 @@ class DeviceWork:
         """One decode forward + lm head for the slot's staged rows (bucket-padded)."""
         slot = self._slot(slot_index, shape)
         if self.fault_hook is not None and self.graphs is None:
-            self.fault_hook("decode", slot.seq_slots[0][: slot.batch].tolist())
+            self.fault_hook("decode", slot.seq_rows[0][: slot.batch].tolist())
         b, p = slot.bucket, slot.num_pages
         model = self.model
-        seq_slots = slot.seq_slots[1][:b]  # (B,)
+        seq_rows = slot.seq_rows[1][:b]  # (B,)
         positions = slot.positions[1][:b]  # (B,)
         page_table = slot.page_table[1][:b, :p]  # (B, P)
-        feed = self.feed_kind.index_select(0, seq_slots)[:, None]  # (B, 1)
-        emb = model.embed_tokens(self.next_token.index_select(0, seq_slots))  # (B, D)
-        coord = self.next_coord.index_select(0, seq_slots)[:, None].to(self.dtype)  # (B, 1)
-        size = self.next_size.index_select(0, seq_slots).to(self.dtype)  # (B, 2)
+        feed = self.feed_kind.index_select(0, seq_rows)[:, None]  # (B, 1)
+        emb = model.embed_tokens(self.next_token.index_select(0, seq_rows))  # (B, D)
+        coord = self.next_coord.index_select(0, seq_rows)[:, None].to(self.dtype)  # (B, 1)
+        size = self.next_size.index_select(0, seq_rows).to(self.dtype)  # (B, 2)
         emb = torch.where(feed == int(Feed.COORD), model.encode_coordinate(coord), emb)
         emb = torch.where(feed == int(Feed.SIZE), model.encode_size(size), emb)
         hidden = model.decode(emb, positions, self.k, self.v, page_table)  # (B, D)
@@ -150,7 +124,7 @@ class DeviceWork:
         """Image encoder (cached per image content) + prompt prefill of every item."""
         slot = self._slot(slot_index, shape)
         if self.fault_hook is not None:
-            self.fault_hook("prefill", [it.seq_slot for it in items])
+            self.fault_hook("prefill", [it.seq_row for it in items])
         model = self.model
         for row, it in enumerate(items):
             img = self._image_embedding(it)  # (729, D)
@@ -165,7 +139,6 @@ class DeviceWork:
     def _image_embedding(self, it: PrefillItem) -> torch.Tensor:
         cached = self.image_cache.get(it.image_key)
         if cached is not None:
-            self.image_cache.move_to_end(it.image_key)
             return cached
         crops, tiling = it.crops, it.tiling
         if crops is None:  # cached at submit, evicted since: decode here (the bytes were valid)
@@ -173,9 +146,7 @@ class DeviceWork:
             crops, tiling = overlap_crops(image, self.model_cfg.vision.max_crops)
         pixels = normalize_crops(self._to_device(torch.from_numpy(crops)), self.dtype, self.device)
         emb = self.model.encode_image(pixels, tiling)  # (729, D)
-        self.image_cache[it.image_key] = emb
-        while len(self.image_cache) > self.cfg.image_cache_size:
-            self.image_cache.popitem(last=False)
+        self.image_cache.put(it.image_key, emb)
         return emb
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
@@ -202,8 +173,8 @@ class DeviceWork:
         slot.out_token[1][:b].copy_(token)
         slot.out_coord[1][:b].copy_(coord)
         slot.out_size[1][:b].copy_(size)
-        seq_slots = slot.seq_slots[1][:b]
-        self.next_token.index_copy_(0, seq_slots, token)
-        self.next_coord.index_copy_(0, seq_slots, coord)
-        self.next_size.index_copy_(0, seq_slots, size)
-        self.feed_kind.index_copy_(0, seq_slots, slot.feed[1][:b])
+        seq_rows = slot.seq_rows[1][:b]
+        self.next_token.index_copy_(0, seq_rows, token)
+        self.next_coord.index_copy_(0, seq_rows, coord)
+        self.next_size.index_copy_(0, seq_rows, size)
+        self.feed_kind.index_copy_(0, seq_rows, slot.feed[1][:b])

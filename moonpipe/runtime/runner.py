@@ -1,11 +1,12 @@
-"""ModelRunner: the device side of the engine.
+"""ModelRunner: the device side of the engine, as the scheduler drives it (``StepRunner``).
 
-Owns the model, the paged KV cache, the two decode slots, the per-sequence "next input"
-buffers, the vocabulary-mask table, the streams and the image-embedding cache. The
-scheduler stages host data into a slot and calls ``launch_*``; every ``launch_*`` only
-*enqueues* work (CUDA kernels, or closures for the CPU compute worker) and returns.
+Owns the model, the paged KV tensors, the step slots, the per-sequence "next input"
+buffers, the vocabulary-mask table, the streams and a mirror of the compute side's image
+cache. For each call of the scheduler it stages host data into a slot's buffers and asks
+the streams to run ``DeviceWork`` methods (``device_work.py``); every ``launch_*`` only
+*enqueues* work and returns.
 
-Per-sequence device state, indexed by the sequence's *seq slot* (row ``max_seqs`` is a
+Per-sequence device state, indexed by the sequence's *seq row* (row ``max_seqs`` is a
 scratch row for padded batch rows)::
 
     next_token (S+1,) long      token sampled at the sequence's last step
@@ -13,8 +14,8 @@ scratch row for padded batch rows)::
     next_size  (S+1, 2) f32     size (w, h) sampled at its last step
     feed_kind  (S+1,) long      which of the three the next forward embeds (Feed)
 
-Sampling writes them (scatter by seq slot); the next forward reads them (gather by seq
-slot). The compute stream is in order, so a forward always sees the values its
+Sampling writes them (scatter by seq row); the next forward reads them (gather by seq
+row). The compute stream is in order, so a forward always sees the values its
 sequence's previous step sampled, with no host round trip and whatever the batch
 composition of the two steps.
 """
@@ -22,83 +23,78 @@ composition of the two steps.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import pickle
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from moonpipe.config import EngineConfig, ModelConfig
+from moonpipe.config import EngineConfig, KVLayout, ModelConfig, torch_dtype
 from moonpipe.model.moondream import MoondreamModel
-from moonpipe.runtime.device_work import DeviceWork, FaultHook, PrefillItem, SamplingFlags
+from moonpipe.runtime.cuda_stream import CudaStream
+from moonpipe.runtime.device_work import DeviceWork, FaultHook
 from moonpipe.runtime.graphs import DecodeGraphs, batch_buckets, bucket_for, page_buckets
-from moonpipe.runtime.kv_cache import KVCache, pages_needed
-from moonpipe.runtime.slots import DecodeSlot
-from moonpipe.runtime.streams import CudaStream, StreamSet, make_streams
-from moonpipe.skills.base import VocabMask
+from moonpipe.runtime.image_lru import ImageLRU
+from moonpipe.runtime.kv_cache import KVCache
+from moonpipe.runtime.slots import StepSlot
+from moonpipe.runtime.stream_set import make_streams
+from moonpipe.runtime.streams import StreamSet
+from moonpipe.step import NUM_SLOTS, PrefillItem, SamplingPlan, StepOutput, VocabMask
 
-__all__ = ["ModelRunner", "PrefillItem", "SamplingFlags"]
+__all__ = ["ModelRunner"]
 
 log = logging.getLogger("moonpipe.runner")
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-NUM_IMAGE_TOKENS = 729
-
-
-def image_key(data: bytes) -> str:
-    """Content hash used to encode a repeated image once."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class ModelRunner:
     """Device-side state and the enqueueing of forwards, sampling and copies."""
 
-    def __init__(self, model: MoondreamModel, model_cfg: ModelConfig, cfg: EngineConfig,
-                 masks: Sequence[VocabMask]) -> None:
-        self.model = model
+    def __init__(self, model: MoondreamModel, model_cfg: ModelConfig, cfg: EngineConfig, layout: KVLayout,
+                 masks: Sequence[VocabMask], fault_hook: FaultHook | None = None) -> None:
         self.model_cfg = model_cfg
         self.cfg = cfg
         self.device = torch.device(cfg.device)
-        self.dtype = _DTYPES[cfg.dtype]
+        dtype = torch_dtype(cfg.dtype)
         text = model_cfg.text
         self.max_seqs = cfg.max_batch_size
-        self.page_size = cfg.kv_page_size
-        max_pages = pages_needed(text.max_context, cfg.kv_page_size)
-        num_pages = cfg.num_kv_pages or (self.max_seqs * max_pages + 1)
-        self.kv = KVCache(text, num_pages, cfg.kv_page_size, self.dtype, self.device)
+        self.layout = layout
+        self.kv = KVCache(text, layout, dtype, self.device)
         self.slots = [
-            DecodeSlot(i, self.max_seqs, max_pages, text.dim, text.vocab_size, self.device, self.dtype)
-            for i in range(2)
+            StepSlot(i, self.max_seqs, layout.max_pages_per_seq, text.dim, text.vocab_size, self.device, dtype)
+            for i in range(NUM_SLOTS)
         ]
         s = self.max_seqs + 1  # + scratch row for padding
-        self.scratch_seq_slot = self.max_seqs
+        self.scratch_seq_row = self.max_seqs
         vocab = text.vocab_size
         table = torch.ones((1 + len(masks), vocab), dtype=torch.bool)
         for i, m in enumerate(masks, start=1):
             table[i] = False
             ids = torch.tensor([t for t in m.allowed_ids if 0 <= t < vocab], dtype=torch.long)
             table[i, ids] = True
+        self.cpu_worker = cfg.cpu_worker if self.device.type == "cpu" else "none"
+        if fault_hook is not None and self.cpu_worker == "process":
+            try:
+                pickle.dumps(fault_hook)
+            except Exception as exc:
+                raise TypeError(f"a fault hook for a process compute worker must pickle: {exc}") from exc
+        self._fault_hook = fault_hook  # replayed CUDA graphs run no Python: launch calls it
         self.work = DeviceWork(
-            model=model, model_cfg=model_cfg, cfg=cfg, dtype=self.dtype, k=self.kv.k, v=self.kv.v,
+            model=model, model_cfg=model_cfg, cfg=cfg, dtype=dtype, k=self.kv.k, v=self.kv.v,
             slots=self.slots,
             next_token=torch.zeros(s, dtype=torch.long, device=self.device),
             next_coord=torch.zeros(s, dtype=torch.float32, device=self.device),
             next_size=torch.zeros((s, 2), dtype=torch.float32, device=self.device),
             feed_kind=torch.zeros(s, dtype=torch.long, device=self.device),
-            mask_table=table.to(self.device),
+            mask_table=table.to(self.device), fault_hook=fault_hook,
         )
-        self.cpu_worker = cfg.cpu_worker if self.device.type == "cpu" else "none"
         self.streams: StreamSet = make_streams(self.device, self.work, cfg.compute_threads, self.cpu_worker)
-        # Keys of the images the compute stream has encoded (or will have, by the time a
-        # later prefill runs: the stream is in order), in the work's LRU order. A hint for
-        # submit, whichever process holds the embeddings; a miss only costs a decode.
-        self._image_keys: OrderedDict[str, None] = OrderedDict()
-        self._fault_hook: FaultHook | None = None
+        # The keys the compute side's image cache holds (or will hold, by the time a later
+        # prefill runs: the stream is in order), mirrored in its LRU order whichever
+        # process holds the embeddings. A hint: a miss only costs a decode.
+        self._image_keys: ImageLRU[None] = ImageLRU(cfg.image_cache_size)
         self.batch_buckets = batch_buckets(self.max_seqs)
-        self.page_buckets = page_buckets(max_pages)
+        self.page_buckets = page_buckets(layout.max_pages_per_seq)
         # Pad decode steps to (batch, page) buckets: required by CUDA graphs; settable on
         # CPU so the padding path is tested without a GPU.
         self.pad_buckets = False
@@ -111,38 +107,19 @@ class ModelRunner:
         """The captured decode graphs (CUDA), owned by the work that replays them."""
         return self.work.graphs
 
-    @property
-    def fault_hook(self) -> FaultHook | None:
-        """Test-only: ``hook(kind, seq_slots)`` runs inside every forward (on the compute
-        worker; with a process worker the hook must be picklable)."""
-        return self._fault_hook
-
-    @fault_hook.setter
-    def fault_hook(self, hook: FaultHook | None) -> None:
-        if self.cpu_worker == "process":
-            try:
-                pickle.dumps(hook)
-            except Exception as exc:
-                raise TypeError(f"a fault hook for a process compute worker must pickle: {exc}") from exc
-        self._fault_hook = hook  # replayed CUDA graphs run no Python: decode calls it at launch
-        compute = self.streams.compute
-        compute.call("set_fault_hook", hook)
-        compute.flush()
-
     def _capture_graphs(self) -> None:
         """Capture every (slot, batch bucket, page bucket) decode graph up front, with the
-        slot staged as padding rows only (scratch seq slot, position 0, page 0)."""
+        slot staged as padding rows only (scratch seq row, position 0, page 0)."""
         compute = self.streams.compute
         assert isinstance(compute, CudaStream)
         graphs = DecodeGraphs(compute.stream)
-        zeros = np.zeros((self.max_seqs, self.kv.max_pages_per_seq), dtype=np.int64)
+        empty = np.empty(0, dtype=np.int64)
+        no_rows = np.zeros((0, self.layout.max_pages_per_seq), dtype=np.int64)
         with torch.inference_mode():
             for slot in self.slots:
                 for bb in reversed(self.batch_buckets):  # largest first: the pool fits the rest
                     for pb in reversed(self.page_buckets):
-                        slot.batch = 0
-                        self._stage_rows(slot, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
-                                         zeros[:0], bb, pb)
+                        self.stage_rows(slot, empty, empty, no_rows, bb, pb)
                         slot.upload_inputs()
                         torch.cuda.synchronize(self.device)
                         graphs.capture((slot.index, bb, pb), functools.partial(self.work.decode, slot.index, slot.shape()))
@@ -151,57 +128,36 @@ class ModelRunner:
         log.info("captured %d decode CUDA graphs", len(graphs))
 
     # ------------------------------------------------------------------ staging
-    def stage_decode(self, slot: DecodeSlot, seq_slots: np.ndarray, positions: np.ndarray,
-                     page_rows: np.ndarray) -> None:
-        """Write one decode step's inputs into the slot's host buffers (vectorised).
-
-        ``page_rows``: (B, max_pages) page ids of each row's sequence.
-        """
-        b = len(seq_slots)
-        num_pages = int(positions.max()) // self.page_size + 1
-        if self.pad_buckets:  # static shapes: pad to the buckets a graph was captured for
-            bucket, num_pages = bucket_for(b, self.batch_buckets), bucket_for(num_pages, self.page_buckets)
-        else:
-            bucket = b
+    def stage_rows(self, slot: StepSlot, seq_rows: np.ndarray, positions: np.ndarray,
+                   page_rows: np.ndarray, bucket: int, num_pages: int) -> None:
+        """Write a decode step's inputs into the slot's host buffers (vectorised): rows
+        ``[0, len(seq_rows))`` are real, ``[len, bucket)`` padding (scratch seq row,
+        position 0, scratch page 0). ``page_rows``: (B, max_pages)."""
+        b = len(seq_rows)
         slot.batch = b
-        self._stage_rows(slot, seq_slots, positions, page_rows, bucket, num_pages)
-
-    def _stage_rows(self, slot: DecodeSlot, seq_slots: np.ndarray, positions: np.ndarray,
-                    page_rows: np.ndarray, bucket: int, num_pages: int) -> None:
-        """Rows ``[0, len(seq_slots))`` are real; ``[len, bucket)`` are padding rows."""
-        b = len(seq_slots)
         slot.bucket = bucket
         slot.num_pages = num_pages
-        ss, pos = DecodeSlot.host_np(slot.seq_slots), DecodeSlot.host_np(slot.positions)
-        table = DecodeSlot.host_np(slot.page_table)
-        ss[:b] = seq_slots
-        ss[b:bucket] = self.scratch_seq_slot
+        rows, pos = StepSlot.host_np(slot.seq_rows), StepSlot.host_np(slot.positions)
+        table = StepSlot.host_np(slot.page_table)
+        rows[:b] = seq_rows
+        rows[b:bucket] = self.scratch_seq_row
         pos[:b] = positions
         pos[b:bucket] = 0
         table[:b, :num_pages] = page_rows[:, :num_pages]  # zeros (scratch page) past a row's pages
         table[b:bucket, :num_pages] = 0
 
-    def stage_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
-        b = len(items)
-        slot.batch = b
-        slot.bucket = b
-        slot.num_pages = 0
-        DecodeSlot.host_np(slot.seq_slots)[:b] = [it.seq_slot for it in items]
-
-    def stage_sampling(self, slot: DecodeSlot, temperature: np.ndarray, top_p: np.ndarray,
-                       greedy: np.ndarray, mask_ids: np.ndarray, banned: np.ndarray,
-                       banned_valid: np.ndarray, feed: np.ndarray) -> None:
+    def _stage_sampling(self, slot: StepSlot, plan: SamplingPlan) -> None:
         b = slot.batch
-        DecodeSlot.host_np(slot.temperature)[:b] = temperature
-        DecodeSlot.host_np(slot.top_p)[:b] = top_p
-        DecodeSlot.host_np(slot.greedy)[:b] = greedy
-        DecodeSlot.host_np(slot.mask_ids)[:b] = mask_ids
-        DecodeSlot.host_np(slot.banned)[:b] = banned
-        DecodeSlot.host_np(slot.banned_valid)[:b] = banned_valid
-        DecodeSlot.host_np(slot.feed)[:b] = feed
+        StepSlot.host_np(slot.temperature)[:b] = plan.temperature
+        StepSlot.host_np(slot.top_p)[:b] = plan.top_p
+        StepSlot.host_np(slot.greedy)[:b] = plan.greedy
+        StepSlot.host_np(slot.mask_ids)[:b] = plan.mask_ids
+        StepSlot.host_np(slot.banned)[:b] = plan.banned
+        StepSlot.host_np(slot.banned_valid)[:b] = plan.banned_valid
+        StepSlot.host_np(slot.feed)[:b] = plan.feed
 
     # ------------------------------------------------------------------ launches
-    def _guarded(self, slot: DecodeSlot, fn: Callable[[], None]) -> None:
+    def _guarded(self, slot: StepSlot, fn: Callable[[], None]) -> None:
         """Run a launch step; an exception (CUDA: raised here, on the scheduler thread)
         is kept on the slot and raised by ``read_outputs``, so it fails this step's
         requests only, as a failed call does on the CPU workers."""
@@ -213,71 +169,85 @@ class ModelRunner:
             slot.error = exc
 
     def flush(self) -> None:
-        """Hand the work enqueued since the last flush to the workers: the scheduler calls
-        it once per tick phase (one message to a process worker instead of one per call);
-        ``read_outputs`` and ``synchronize`` flush before they wait."""
+        """Hand the work enqueued since the last flush to the workers (one message to a
+        process worker instead of one per call)."""
         self.streams.flush()
 
-    def launch_decode(self, slot: DecodeSlot) -> None:
-        """Enqueue the upload of staged inputs and one decode forward (+ lm head)."""
+    def launch_decode(self, slot_index: int, seq_rows: np.ndarray, positions: np.ndarray,
+                      page_rows: np.ndarray) -> None:
+        """Stage one decode step, enqueue its upload and forward (+ lm head)."""
+        slot = self.slots[slot_index]
         slot.error = None
+        b = len(seq_rows)
+        num_pages = int(positions.max()) // self.layout.page_size + 1
+        if self.pad_buckets:  # static shapes: pad to the buckets a graph was captured for
+            self.stage_rows(slot, seq_rows, positions, page_rows, bucket_for(b, self.batch_buckets),
+                            bucket_for(num_pages, self.page_buckets))
+        else:
+            self.stage_rows(slot, seq_rows, positions, page_rows, b, num_pages)
         self._guarded(slot, lambda: self._launch_decode(slot))
 
-    def _upload(self, method: str, slot: DecodeSlot) -> None:
+    def _upload(self, method: str, slot: StepSlot) -> None:
         st = self.streams
         st.upload.call(method, slot.index, slot.shape())
         if st.upload is not st.compute:
             st.compute.wait(st.upload.record())
 
-    def _launch_decode(self, slot: DecodeSlot) -> None:
+    def _launch_decode(self, slot: StepSlot) -> None:
         st = self.streams
         self._upload("upload_inputs", slot)
         slot.events.forward_start = st.compute.record()
         if self.graphs is not None:
             if self._fault_hook is not None:
-                self._fault_hook("decode", DecodeSlot.host_np(slot.seq_slots)[: slot.batch].tolist())
+                self._fault_hook("decode", StepSlot.host_np(slot.seq_rows)[: slot.batch].tolist())
             st.compute.call("replay", (slot.index, slot.bucket, slot.num_pages))
         else:
             st.compute.call("decode", slot.index, slot.shape())
         slot.events.forward_end = st.compute.record()
 
-    def launch_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
+    def launch_prefill(self, slot_index: int, items: Sequence[PrefillItem]) -> None:
+        """Stage a prefill step, enqueue the image encoder + prompt prefill of each item."""
+        slot = self.slots[slot_index]
         slot.error = None
+        b = len(items)
+        slot.batch = slot.bucket = b
+        slot.num_pages = 0
+        StepSlot.host_np(slot.seq_rows)[:b] = [it.seq_row for it in items]
         self._guarded(slot, lambda: self._launch_prefill(slot, items))
 
-    def _launch_prefill(self, slot: DecodeSlot, items: Sequence[PrefillItem]) -> None:
+    def _launch_prefill(self, slot: StepSlot, items: Sequence[PrefillItem]) -> None:
         st = self.streams
         self._upload("upload_inputs", slot)
         slot.events.forward_start = st.compute.record()
         st.compute.call("prefill", slot.index, slot.shape(), list(items))
         slot.events.forward_end = st.compute.record()
-        for it in items:  # mirror the work's image LRU (see __init__)
-            self._image_keys[it.image_key] = None
-            self._image_keys.move_to_end(it.image_key)
-        while len(self._image_keys) > self.cfg.image_cache_size:
-            self._image_keys.popitem(last=False)
+        for it in items:  # the work's cache sees these prefills in this order
+            self._image_keys.put(it.image_key, None)
 
-    def launch_sampling(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
-        """Enqueue the upload of sampling parameters, sampling, and the D2H copy."""
-        self._guarded(slot, lambda: self._launch_sampling(slot, flags))
+    def launch_sampling(self, slot_index: int, plan: SamplingPlan) -> None:
+        """Stage sampling parameters; enqueue their upload, sampling, and the D2H copy."""
+        slot = self.slots[slot_index]
+        self._stage_sampling(slot, plan)
+        self._guarded(slot, lambda: self._launch_sampling(slot, plan))
 
-    def _launch_sampling(self, slot: DecodeSlot, flags: SamplingFlags) -> None:
+    def _launch_sampling(self, slot: StepSlot, plan: SamplingPlan) -> None:
         st = self.streams
         self._upload("upload_sampling", slot)
         slot.events.sample_start = st.compute.record()
-        st.compute.call("sample", slot.index, slot.shape(), flags)
+        st.compute.call("sample", slot.index, slot.shape(), plan.flags)
         done = st.compute.record()
         slot.events.sample_end = done
         st.copy.wait(done)
         st.copy.call("download_outputs", slot.index, slot.shape())
         slot.events.copy_done = st.copy.record()
 
-    def read_outputs(self, slot: DecodeSlot) -> tuple[list[int], list[float], list[list[float]]]:
-        """Wait for the slot's outputs on the host and return them as Python lists.
+    def read_outputs(self, slot_index: int) -> list[StepOutput]:
+        """Wait for the slot's outputs on the host and return one ``StepOutput`` per row.
 
-        Raises the exception of a failed forward/sampling of this step (CPU worker), so
-        the scheduler can fail exactly the requests of this step.
+        Raises the exception of a failed launch, forward or sampling of this step, so the
+        scheduler can fail exactly the requests of this step.
         """
+        slot = self.slots[slot_index]
         self.flush()
         if slot.error is not None:
             error, slot.error = slot.error, None
@@ -289,15 +259,14 @@ class ModelRunner:
         for ev in events:
             ev.synchronize()  # raises the step's first error
         b = slot.batch
-        return (
-            slot.out_token[0][:b].tolist(),
-            slot.out_coord[0][:b].tolist(),
-            slot.out_size[0][:b].tolist(),
-        )
+        tokens = slot.out_token[0][:b].tolist()
+        coords = slot.out_coord[0][:b].tolist()
+        sizes = slot.out_size[0][:b].tolist()
+        return [StepOutput(t, c, (w, h)) for t, c, (w, h) in zip(tokens, coords, sizes)]
 
-    def step_times_ms(self, slot: DecodeSlot) -> tuple[float, float]:
+    def step_times_ms(self, slot_index: int) -> tuple[float, float]:
         """(forward, sampling) device times of the slot's last step; events must be done."""
-        ev = slot.events
+        ev = self.slots[slot_index].events
         fwd = samp = 0.0
         if ev.forward_start is not None and ev.forward_end is not None:
             fwd = ev.forward_start.elapsed_ms(ev.forward_end)
@@ -306,8 +275,8 @@ class ModelRunner:
         return fwd, samp
 
     def has_image(self, key: str) -> bool:
-        """Whether an embedding for this image content is cached (a racy hint for submit:
-        a miss at prefill time falls back to decoding there)."""
+        """Whether an embedding for this image content is cached (a racy hint for submit
+        and prefill batching: a miss at prefill time falls back to decoding there)."""
         return key in self._image_keys
 
     # ------------------------------------------------------------------ admin

@@ -1,4 +1,4 @@
-"""DecodeSlot: every buffer one pipeline step needs, allocated once.
+"""StepSlot: every buffer one pipeline step needs, allocated once.
 
 Two slots alternate (``scheduler/pipeline.py`` decides which). Nothing in the steady-state
 decode path allocates device memory: inputs are staged into the slot's host buffers
@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from moonpipe.runtime.streams import Event
-from moonpipe.skills.base import StepSpec
+from moonpipe.step import MAX_BANNED
 
-__all__ = ["DecodeSlot", "SlotEvents", "StepShape"]
-
-MAX_BANNED = StepSpec.MAX_BANNED
+__all__ = ["SlotEvents", "StepShape", "StepSlot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +57,7 @@ def _pair(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
 
 
 @dataclass(slots=True)
-class DecodeSlot:
+class StepSlot:
     """The fixed working set of one step, for up to ``max_batch`` rows."""
 
     index: int
@@ -71,7 +69,7 @@ class DecodeSlot:
     model_dtype: torch.dtype
     events: SlotEvents = field(default_factory=SlotEvents)
     # --- staged step inputs (host view is numpy for cheap vectorised writes)
-    seq_slots: tuple[torch.Tensor, torch.Tensor] = field(init=False)  # (B,) long
+    seq_rows: tuple[torch.Tensor, torch.Tensor] = field(init=False)  # (B,) long
     positions: tuple[torch.Tensor, torch.Tensor] = field(init=False)  # (B,) long
     page_table: tuple[torch.Tensor, torch.Tensor] = field(init=False)  # (B, P) long
     # --- staged sampling parameters
@@ -89,7 +87,7 @@ class DecodeSlot:
     out_token: tuple[torch.Tensor, torch.Tensor] = field(init=False)  # (B,) long
     out_coord: tuple[torch.Tensor, torch.Tensor] = field(init=False)  # (B,) f32
     out_size: tuple[torch.Tensor, torch.Tensor] = field(init=False)  # (B, 2) f32
-    # --- per-step facts the host knows (set at launch / finalize)
+    # --- per-step facts the host knows (set when the step is staged)
     batch: int = 0
     bucket: int = 0
     num_pages: int = 0
@@ -97,7 +95,7 @@ class DecodeSlot:
 
     def __post_init__(self) -> None:
         b, p, dev = self.max_batch, self.max_pages, self.device
-        self.seq_slots = _pair((b,), torch.long, dev)
+        self.seq_rows = _pair((b,), torch.long, dev)
         self.positions = _pair((b,), torch.long, dev)
         self.page_table = _pair((b, p), torch.long, dev)
         self.temperature = _pair((b,), torch.float32, dev)
@@ -132,7 +130,7 @@ class DecodeSlot:
         b = self.bucket
         # Whole rows: [:b] of a row-major (B, P) buffer is contiguous, so the copy is one
         # async DMA from pinned memory (a [:b, :p] slice would need a staging copy).
-        for host, dev in (self.seq_slots, self.positions, self.page_table):
+        for host, dev in (self.seq_rows, self.positions, self.page_table):
             dev[:b].copy_(host[:b], non_blocking=True)
 
     def upload_sampling(self) -> None:

@@ -1,35 +1,19 @@
 """Turn one step's per-row ``StepSpec`` objects into the arrays the device samples with.
 
-Built on the scheduler thread at finalize (or at launch when sampling runs ahead), then
-copied into the slot's staging buffers by ``ModelRunner.stage_sampling``. The batch-wide
+Built on the scheduler thread when a step is sampled (at launch when every spec is known,
+else after the previous commit), then staged into the slot by the runner. The batch-wide
 flags let the device skip whole code paths (no mask, no bans, all greedy, no spatial).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from moonpipe.runtime.device_work import SamplingFlags
-from moonpipe.skills.base import Spatial, StepSpec
+from moonpipe.step import MAX_BANNED, SamplingFlags, SamplingPlan, Spatial, StepSpec
 
-__all__ = ["SamplingPlan", "plan_sampling"]
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingPlan:
-    """Per-row sampling inputs of one step (B rows) and the batch-wide flags."""
-
-    temperature: np.ndarray  # (B,) f32
-    top_p: np.ndarray  # (B,) f32
-    greedy: np.ndarray  # (B,) bool
-    mask_ids: np.ndarray  # (B,) int64, rows of the vocabulary-mask table
-    banned: np.ndarray  # (B, K) int64
-    banned_valid: np.ndarray  # (B, K) bool
-    feed: np.ndarray  # (B,) int64, Feed values
-    flags: SamplingFlags
+__all__ = ["plan_sampling"]
 
 
 def plan_sampling(specs: Sequence[StepSpec], temperatures: Sequence[float],
@@ -39,8 +23,8 @@ def plan_sampling(specs: Sequence[StepSpec], temperatures: Sequence[float],
     greedy = np.fromiter((sp.greedy or t <= 0.0 for sp, t in zip(specs, temperatures)), dtype=np.bool_, count=b)
     mask_ids = np.fromiter((sp.mask for sp in specs), dtype=np.int64, count=b)
     feed = np.fromiter((int(sp.feed) for sp in specs), dtype=np.int64, count=b)
-    banned = np.zeros((b, StepSpec.MAX_BANNED), dtype=np.int64)
-    banned_valid = np.zeros((b, StepSpec.MAX_BANNED), dtype=np.bool_)
+    banned = np.zeros((b, MAX_BANNED), dtype=np.int64)
+    banned_valid = np.zeros((b, MAX_BANNED), dtype=np.bool_)
     for row, sp in enumerate(specs):
         if sp.banned_ids:
             n = len(sp.banned_ids)

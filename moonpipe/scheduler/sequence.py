@@ -1,9 +1,9 @@
-"""Per-request state owned by the scheduler thread.
+"""Per-request state inside the scheduler.
 
-A sequence goes WAITING -> ADMITTED (pages + seq slot reserved) -> RUNNING (prefill
-launched) -> FINISHED (result emitted; ``finalized`` in background.md terms) ->
-released (pages and seq slot returned once no in-flight step references it; the
-pipeline's ``inflight_refs`` says when). Output positions: ``k = 0`` is sampled from the
+A sequence goes WAITING -> ADMITTED (pages + seq row reserved) -> RUNNING (prefill
+launched) -> FINISHED (its final output emitted; a *zombie* while a launched step still
+carries it) -> RELEASED (pages and seq row returned). Only the sequence table
+(``sequences.py``) changes ``state``. Output positions: ``k = 0`` is sampled from the
 prefill, ``k = 1..`` from decode steps; ``num_launched`` is the next ``k`` to launch.
 """
 
@@ -26,11 +26,12 @@ class SeqState(enum.Enum):
     ADMITTED = "admitted"
     RUNNING = "running"
     FINISHED = "finished"
+    RELEASED = "released"
 
 
 @dataclass(slots=True, eq=False)
 class Sequence:
-    """One request inside the engine."""
+    """One request inside the engine (compared and hashed by identity)."""
 
     seq_id: int
     request: Request
@@ -43,11 +44,12 @@ class Sequence:
     image: bytes
     temperature: float
     top_p: float
+    num_prompt_tokens: int  # tokens of the prefill: BOS + image tokens + prompt
     max_outputs: int  # outputs this sequence may produce (max_tokens after context fit)
-    num_positions: int  # KV positions reserved: prefix + prompt + max_outputs + 1
+    num_positions: int  # KV positions reserved: prefill + max_outputs + 1
     timings: Timings
     state: SeqState = SeqState.WAITING
-    seq_slot: int = -1
+    seq_row: int = -1  # row of the per-sequence device buffers (next input, page table)
     page_ids: tuple[int, ...] = ()
     position: int = 0  # next KV position a decode step writes
     num_launched: int = 0
@@ -62,10 +64,5 @@ class Sequence:
         return self.request.request_id
 
     @property
-    def num_prompt_tokens(self) -> int:
-        """Tokens of the prefill: BOS + 729 image tokens + prompt."""
-        return 730 + len(self.prompt_ids)
-
-    @property
     def finished(self) -> bool:
-        return self.state is SeqState.FINISHED
+        return self.state is SeqState.FINISHED or self.state is SeqState.RELEASED

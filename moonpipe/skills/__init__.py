@@ -1,20 +1,13 @@
 """Skills: per-request constraint objects (caption, query, point, detect, segment).
 
 ``base`` defines the interface the scheduler uses; ``registry`` builds constraints,
-vocabulary masks and final outputs, so the scheduler never branches on the skill.
+vocabulary masks and final outputs, so the scheduler never branches on the skill. What a
+constraint asks of a step (``StepSpec``, ``Feed``, ...) is ``moonpipe/step.py``.
 """
 
 from __future__ import annotations
 
-from moonpipe.skills.base import (
-    Advance,
-    Constraint,
-    Feed,
-    Spatial,
-    StepOutput,
-    StepSpec,
-    VocabMask,
-)
+from moonpipe.skills.base import Advance, Constraint
 from moonpipe.skills.detok import IncrementalDetokenizer
 from moonpipe.skills.registry import (
     DEFAULT_MAX_OBJECTS,
@@ -23,7 +16,7 @@ from moonpipe.skills.registry import (
     DEFAULT_TOP_P,
     FinalOutput,
     SkillSet,
-    finish,
+    final_output,
     sampling_defaults,
     vocab_masks,
 )
@@ -35,15 +28,10 @@ __all__ = [
     "DEFAULT_TOP_P",
     "Advance",
     "Constraint",
-    "Feed",
     "FinalOutput",
     "IncrementalDetokenizer",
     "SkillSet",
-    "Spatial",
-    "StepOutput",
-    "StepSpec",
-    "VocabMask",
-    "finish",
+    "final_output",
     "sampling_defaults",
     "vocab_masks",
 ]

@@ -9,8 +9,9 @@ the size. Finish reasons as for point (eos -> "stop"; max_objects / max_tokens -
 from __future__ import annotations
 
 from moonpipe.request import FinishReason
-from moonpipe.skills.base import Advance, StepOutput, StepSpec
+from moonpipe.skills.base import Advance
 from moonpipe.skills.spatial import COORD_SPEC, SIZE_SPEC, ObjectConstraint, box_from_centre
+from moonpipe.step import StepOutput, StepSpec
 
 __all__ = ["DetectConstraint"]
 

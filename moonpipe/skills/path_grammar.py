@@ -34,7 +34,7 @@ import numpy as np
 
 from moonpipe.config import TokenizerConfig
 from moonpipe.model.tokenizer import Tokenizer
-from moonpipe.skills.base import VocabMask
+from moonpipe.step import VocabMask
 
 __all__ = ["DEAD", "PathGrammar", "compile_path_grammar"]
 

@@ -15,8 +15,9 @@ spatial ones included) -> "length".
 from __future__ import annotations
 
 from moonpipe.request import FinishReason, Point
-from moonpipe.skills.base import Advance, StepOutput, StepSpec
+from moonpipe.skills.base import Advance
 from moonpipe.skills.spatial import COORD_SPEC, ObjectConstraint
+from moonpipe.step import StepOutput, StepSpec
 
 __all__ = ["PointConstraint"]
 

@@ -6,14 +6,14 @@ Engine start-up::
     masks = skills.vocab_masks                             # register at table rows 1..N
     mask_index = {m.name: i + 1 for i, m in enumerate(masks)}
 
-Per request (scheduler thread, admission)::
+Per request (the submitting thread, in ``Engine.submit``)::
 
     constraint = skills.make_constraint(request, mask_index, max_prompt_tokens=...)
     temperature, top_p, max_tokens, max_objects = sampling_defaults(request)
 
-At the end (off the scheduler thread)::
+At the end (the output thread)::
 
-    final = finish(request, token_ids, points, boxes, finish_reason, tokenizer)
+    final = final_output(request, token_ids, points, boxes, finish_reason, tokenizer)
 
 The scheduler never asks which skill a request is; the factory picks the class.
 """
@@ -26,7 +26,7 @@ from moonpipe.config import TokenizerConfig
 from moonpipe.errors import InvalidRequest
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.request import Box, FinishReason, Point, Request
-from moonpipe.skills.base import Constraint, Feed, StepSpec, VocabMask
+from moonpipe.skills.base import Constraint
 from moonpipe.skills.caption import caption_prompt_ids
 from moonpipe.skills.detect import DetectConstraint
 from moonpipe.skills.path_grammar import PathGrammar, compile_path_grammar
@@ -36,6 +36,7 @@ from moonpipe.skills.segment import SegmentConstraint
 from moonpipe.skills.spatial import object_prompt_ids
 from moonpipe.skills.svg import MalformedPath, path_to_image
 from moonpipe.skills.text import TextConstraint, text_specs
+from moonpipe.step import Feed, StepSpec, VocabMask
 
 __all__ = [
     "DEFAULT_MAX_OBJECTS",
@@ -44,7 +45,7 @@ __all__ = [
     "DEFAULT_TOP_P",
     "FinalOutput",
     "SkillSet",
-    "finish",
+    "final_output",
     "sampling_defaults",
     "vocab_masks",
 ]
@@ -98,10 +99,6 @@ class SkillSet:
     def vocab_masks(self) -> list[VocabMask]:
         """Masks to register (engine: table rows 1..N in this order; row 0 allows all)."""
         return list(self._grammar.masks)
-
-    @property
-    def grammar(self) -> PathGrammar:
-        return self._grammar
 
     def _segment_specs(self, mask_index: dict[str, int]) -> tuple[StepSpec, ...]:
         if mask_index is not self._bound_index:
@@ -167,7 +164,7 @@ class FinalOutput:
     error: str = ""
 
 
-def finish(
+def final_output(
     request: Request,
     token_ids: list[int],
     points: list[Point] | tuple[Point, ...],

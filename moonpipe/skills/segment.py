@@ -15,9 +15,10 @@ and mapped into the box by ``finish`` off the scheduler thread.
 from __future__ import annotations
 
 from moonpipe.request import FinishReason
-from moonpipe.skills.base import Advance, StepOutput, StepSpec
+from moonpipe.skills.base import Advance
 from moonpipe.skills.path_grammar import DEAD, PathGrammar
 from moonpipe.skills.spatial import COORD_SPEC, SIZE_SPEC, box_from_centre
+from moonpipe.step import StepOutput, StepSpec
 
 __all__ = ["PATH_START", "SegmentConstraint"]
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.request import Box, FinishReason
-from moonpipe.skills.base import Advance, Feed, Spatial, StepOutput, StepSpec
+from moonpipe.skills.base import Advance
+from moonpipe.step import Feed, Spatial, StepOutput, StepSpec
 
 __all__ = ["COORD_SPEC", "SIZE_SPEC", "ObjectConstraint", "box_from_centre", "object_prompt_ids"]
 

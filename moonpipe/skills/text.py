@@ -9,7 +9,8 @@ outputs, so ``spec(k)`` is static and never ``None`` (outputs can be sampled ahe
 from __future__ import annotations
 
 from moonpipe.request import FinishReason
-from moonpipe.skills.base import Advance, Feed, StepOutput, StepSpec
+from moonpipe.skills.base import Advance
+from moonpipe.step import Feed, StepOutput, StepSpec
 
 __all__ = ["TextConstraint", "text_specs"]
 

@@ -360,9 +360,9 @@ def group_rss_bytes(pgid: int) -> int:
 
 # ---------------------------------------------------------------- dedicated servers
 
-# A wrapper around the real adapter for fault injection through a real server. The real
-# model.py is copied next to it as adapter_under_test.py; the wrapper installs the engine's
-# test-only fault hook, armed by trigger files (one decode step per file).
+# Dedicated servers run a copy of the real model repository with some parameters changed;
+# faults are injected through the engine's test-only hook, which the adapter arms from
+# MOONPIPE_TEST_FAULTS (trigger files, one decode step per file: moonpipe/testing.py).
 
 
 def set_parameter(config_text: str, key: str, value: str) -> str:
@@ -382,8 +382,8 @@ def make_repository(target: Path, parameters: dict[str, str] | None = None) -> P
     for key, value in (parameters or {}).items():
         config = set_parameter(config, key, value)
     (model / "config.pbtxt").write_text(config)
-    shutil.copy2(MODEL_DIR / "1" / "moondream_io.py", version / "moondream_io.py")
-    shutil.copy2(MODEL_DIR / "1" / "model.py", version / "model.py")
+    for source in (MODEL_DIR / "1").glob("*.py"):  # the adapter: model.py and its modules
+        shutil.copy2(source, version / source.name)
     return target
 
 

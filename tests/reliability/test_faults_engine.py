@@ -1,4 +1,4 @@
-"""Faults at the engine level (CPU, no server), through ``Engine.set_fault_hook``.
+"""Faults at the engine level (CPU, no server), through ``Engine(..., fault_hook=...)``.
 
 * an exception in a forward fails exactly the requests of that step (``RequestFailed``,
   ``INTERNAL: ...``) and the engine keeps serving; repeated faults under mixed load leave
@@ -29,7 +29,7 @@ from moonpipe.config import EngineConfig
 from moonpipe.engine import Engine
 from moonpipe.errors import EngineStopped, RequestFailed
 from moonpipe.request import Request
-from moonpipe.testing import InjectedCrash
+from moonpipe.testing import InjectedCrash, SwitchableFaultHook
 
 pytestmark = pytest.mark.reliability
 
@@ -37,12 +37,18 @@ WAIT_S = 60.0
 
 
 @pytest.fixture
-def engine(tiny_checkpoint: Path) -> Iterator[Engine]:
-    eng = Engine(EngineConfig(checkpoint=str(tiny_checkpoint), max_batch_size=4, max_queue=16))
+def faults() -> SwitchableFaultHook:
+    return SwitchableFaultHook()
+
+
+@pytest.fixture
+def engine(tiny_checkpoint: Path, faults: SwitchableFaultHook) -> Iterator[Engine]:
+    eng = Engine(EngineConfig(checkpoint=str(tiny_checkpoint), max_batch_size=4, max_queue=16),
+                 fault_hook=faults)
     try:
         yield eng
     finally:
-        eng.set_fault_hook(None)
+        faults.fault = None
         eng.shutdown(timeout=10)
 
 
@@ -88,20 +94,20 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -
         time.sleep(0.01)
 
 
-def _arm(engine: Engine, make_error: Callable[[], BaseException]) -> threading.Event:
+def _arm(faults: SwitchableFaultHook, make_error: Callable[[], BaseException]) -> threading.Event:
     """Fail the next decode step; returns an event set when it fired."""
     fired = threading.Event()
 
-    def hook(kind: str, seq_slots: list[int]) -> None:
+    def hook(kind: str, seq_rows: list[int]) -> None:
         if kind == "decode" and not fired.is_set():
             fired.set()
             raise make_error()
 
-    engine.set_fault_hook(hook)
+    faults.fault = hook
     return fired
 
 
-def test_fault_fails_only_the_running_step_and_queued_requests_complete(engine: Engine) -> None:
+def test_fault_fails_only_the_running_step_and_queued_requests_complete(engine: Engine, faults: SwitchableFaultHook) -> None:
     reference = _submit(engine, [_short("ref")])
     _wait_all(reference)
     running = _submit(engine, [_long(f"run-{i}", seed=i) for i in range(4)])
@@ -110,7 +116,7 @@ def test_fault_fails_only_the_running_step_and_queued_requests_complete(engine: 
     queued = _submit(engine, [_short(f"queued-{i}") for i in range(3)])  # no seq slot left: they wait
     _wait_for(lambda: engine.stats().queue_depth == 3, "3 queued requests")
 
-    fired = _arm(engine, lambda: RuntimeError("injected fault"))
+    fired = _arm(faults, lambda: RuntimeError("injected fault"))
     _wait_all(running | queued)
 
     assert fired.is_set()
@@ -124,17 +130,17 @@ def test_fault_fails_only_the_running_step_and_queued_requests_complete(engine: 
     _wait_drained(engine)
 
 
-def test_repeated_faults_under_mixed_load_end_every_request_once(engine: Engine) -> None:
+def test_repeated_faults_under_mixed_load_end_every_request_once(engine: Engine, faults: SwitchableFaultHook) -> None:
     steps = iter(range(10**9))
     failed_steps = []
 
-    def hook(kind: str, seq_slots: list[int]) -> None:
+    def hook(kind: str, seq_rows: list[int]) -> None:
         step = next(steps)
         if step % 9 == 4:
             failed_steps.append((kind, step))
             raise RuntimeError(f"injected fault at {kind} call {step}")
 
-    engine.set_fault_hook(hook)
+    faults.fault = hook
     requests = []
     for i in range(20):  # max_queue + max_batch_size: the most the engine holds
         kind = i % 4
@@ -148,7 +154,7 @@ def test_repeated_faults_under_mixed_load_end_every_request_once(engine: Engine)
             requests.append(Request(f"m-{i}", "segment", png_bytes(i, (120, 90)), "cup", max_tokens=48))
     sinks = _submit(engine, requests)
     _wait_all(sinks, timeout=120)
-    engine.set_fault_hook(None)
+    faults.fault = None
 
     assert failed_steps
     errors = [e for s in sinks.values() for e in s.errors]
@@ -162,13 +168,13 @@ def test_repeated_faults_under_mixed_load_end_every_request_once(engine: Engine)
     _wait_drained(engine)
 
 
-def test_crashed_scheduler_fails_every_pending_request_and_reports_not_ready(engine: Engine) -> None:
+def test_crashed_scheduler_fails_every_pending_request_and_reports_not_ready(engine: Engine, faults: SwitchableFaultHook) -> None:
     running = _submit(engine, [_long(f"run-{i}", seed=i) for i in range(4)])
     for rid, s in running.items():
         assert s.first.wait(WAIT_S), f"{rid} never streamed"
     queued = _submit(engine, [_short(f"queued-{i}") for i in range(5)])
 
-    fired = _arm(engine, lambda: InjectedCrash("injected scheduler crash"))
+    fired = _arm(faults, lambda: InjectedCrash("injected scheduler crash"))
     _wait_all(running | queued)
 
     assert fired.is_set()

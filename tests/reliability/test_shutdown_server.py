@@ -9,7 +9,7 @@ unload. A decoupled model unloads only after every open request got its FINAL re
 only after that. Left alone, a request longer than the exit timeout would keep the model
 loaded: Triton then gives up ("Exit timeout expired. Exiting immediately."), crashes
 during exit (SIGSEGV) and hangs with the streams open. So the adapter watches for the
-signal itself (model.py ``_StopSignalWatch``): it stops accepting, lets in-flight
+signal itself (``moondream_signals.StopSignalWatch``): it stops accepting, lets in-flight
 requests finish for ``shutdown_drain_s`` and ends the rest with ``UNAVAILABLE``.
 
 * Requests that fit in the drain time end with their normal final response and the

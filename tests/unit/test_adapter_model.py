@@ -142,16 +142,26 @@ def request(skill: str, image: bytes, **inputs: Any) -> FakeRequest:
     return FakeRequest(arrays)
 
 
+ADAPTER_MODULES = ("model", "moondream_sender", "moondream_metrics", "moondream_signals")
+
+
 @pytest.fixture
 def model_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[types.ModuleType, list[str]]]:
     log: list[str] = []
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils(log))
     monkeypatch.syspath_prepend(str(MODEL_DIR / "1"))
-    monkeypatch.delitem(sys.modules, "model", raising=False)
+    for name in ADAPTER_MODULES:  # each test imports them afresh, over its own stand-in
+        monkeypatch.delitem(sys.modules, name, raising=False)
     _Family.registry.clear()
     module = importlib.import_module("model")
     yield module, log
-    sys.modules.pop("model", None)
+    for name in ADAPTER_MODULES:
+        sys.modules.pop(name, None)
+
+
+def _adapter(name: str) -> types.ModuleType:
+    """One of the adapter's modules, as imported by ``model`` in this test."""
+    return sys.modules[name]
 
 
 def _args(checkpoint: Path, **params: str) -> dict[str, str]:
@@ -276,32 +286,40 @@ class ScriptedEngine:
                                      period_ms=1.0, idle_ms=0.1, batch_size_mean=1.0, pipeline_depth=2)
 
 
-def _sender(module: types.ModuleType, engine: ScriptedEngine) -> Any:
-    config = module.AdapterConfig(cancel_check_interval_ms=10, stats_interval_ms=50)
-    return module._Sender(engine, module._Metrics("moondream"), config, lambda line: None)
+def _sender(engine: ScriptedEngine) -> Any:
+    from moondream_io import AdapterConfig
+
+    config = AdapterConfig(cancel_check_interval_ms=10, stats_interval_ms=50)
+    metrics = _adapter("moondream_metrics").Metrics("moondream")
+    return _adapter("moondream_sender").Sender(engine, metrics, config, lambda line: None)
 
 
-def _live(module: types.ModuleType, sender: FakeSender, image: bytes) -> Any:
+def _live(sender: FakeSender, image: bytes) -> Any:
     from moondream_io import parse_request
 
     req = parse_request(request("caption", image, STREAM=True).inputs, "r1", 10**6)
     now = time.perf_counter()
-    return module._Live(request=req, sender=sender, triton_id="t", received=now, next_cancel_check=now + 60)
+    return _adapter("moondream_sender").LiveRequest(request=req, sender=sender, triton_id="t", received=now,
+                                                    next_cancel_check=now + 60)
+
+
+def _event(kind: str, *args: Any) -> Any:
+    """An event of the sender's queue: ``Register``, ``StreamDelta``, ``Final``, ``Failed``..."""
+    return getattr(_adapter("moondream_sender"), kind)("r1", *args)
 
 
 def test_deltas_that_queue_up_while_sending_are_coalesced(
         model_module: tuple[types.ModuleType, list[str]], sample_image_bytes: bytes) -> None:
-    module, _ = model_module
     gate = threading.Event()
     fake = FakeSender(gate=gate)
-    thread = _sender(module, ScriptedEngine())
-    thread.events.put(("register", "r1", _live(module, fake, sample_image_bytes)))
-    thread.events.put(("delta", "r1", Delta(text="a")))
+    thread = _sender(ScriptedEngine())
+    thread.events.put(_event("Register", _live(fake, sample_image_bytes)))
+    thread.events.put(_event("StreamDelta", Delta(text="a")))
     time.sleep(0.1)  # the sender is now blocked in its first send
     for piece in ("b", "c", "d"):
-        thread.events.put(("delta", "r1", Delta(text=piece)))
-    thread.events.put(("result", "r1", Result(request_id="r1", skill="caption", finish_reason="stop",
-                                              text="abcd", num_input_tokens=3, num_output_tokens=4)))
+        thread.events.put(_event("StreamDelta", Delta(text=piece)))
+    thread.events.put(_event("Final", Result(request_id="r1", skill="caption", finish_reason="stop",
+                                             text="abcd", num_input_tokens=3, num_output_tokens=4)))
     gate.set()
     responses = fake.wait()
     thread.join(5)
@@ -311,20 +329,19 @@ def test_deltas_that_queue_up_while_sending_are_coalesced(
 
 def test_sender_polls_is_cancelled_and_aborts_once(
         model_module: tuple[types.ModuleType, list[str]], sample_image_bytes: bytes) -> None:
-    module, _ = model_module
     engine = ScriptedEngine()
     fake = FakeSender()
-    thread = _sender(module, engine)
-    live = _live(module, fake, sample_image_bytes)
+    thread = _sender(engine)
+    live = _live(fake, sample_image_bytes)
     live.next_cancel_check = 0.0
-    thread.events.put(("register", "r1", live))
+    thread.events.put(_event("Register", live))
     fake.cancelled = True
     deadline = time.monotonic() + 5
     while not engine.aborted and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
     assert engine.aborted == ["r1"]
-    thread.events.put(("result", "r1", Result(request_id="r1", skill="caption", finish_reason="cancelled")))
+    thread.events.put(_event("Final", Result(request_id="r1", skill="caption", finish_reason="cancelled")))
     assert fake.wait()[-1][0].outputs["FINISH_REASON"].tolist() == [b"cancelled"]
     thread.join(5)
 
@@ -341,27 +358,25 @@ class BrokenSender(FakeSender):
 
 def test_a_failed_send_aborts_the_request_which_still_ends_once(
         model_module: tuple[types.ModuleType, list[str]], sample_image_bytes: bytes) -> None:
-    module, _ = model_module
     engine = ScriptedEngine()
     fake = BrokenSender()
-    thread = _sender(module, engine)
-    thread.events.put(("register", "r1", _live(module, fake, sample_image_bytes)))
-    thread.events.put(("delta", "r1", Delta(text="a")))
+    thread = _sender(engine)
+    thread.events.put(_event("Register", _live(fake, sample_image_bytes)))
+    thread.events.put(_event("StreamDelta", Delta(text="a")))
     deadline = time.monotonic() + 5
     while not engine.aborted and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.aborted == ["r1"]
-    thread.events.put(("result", "r1", Result(request_id="r1", skill="caption", finish_reason="cancelled")))
+    thread.events.put(_event("Final", Result(request_id="r1", skill="caption", finish_reason="cancelled")))
     assert [f for _, f in fake.wait()][-1] == FINAL
     thread.join(5)
 
 
 def test_unload_ends_requests_the_engine_never_finished(
         model_module: tuple[types.ModuleType, list[str]], sample_image_bytes: bytes) -> None:
-    module, _ = model_module
     fake = FakeSender()
-    thread = _sender(module, ScriptedEngine())
-    thread.events.put(("register", "r1", _live(module, fake, sample_image_bytes)))
+    thread = _sender(ScriptedEngine())
+    thread.events.put(_event("Register", _live(fake, sample_image_bytes)))
     thread.join(5)
     error = fake.wait(1)[-1][0].error
     assert error is not None and error.message().startswith("UNAVAILABLE:")

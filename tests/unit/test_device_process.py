@@ -19,12 +19,12 @@ import torch
 from engine_support import CollectSink, png_bytes, run_all, signature
 from test_engine import assert_drained, make_engine, mixed_requests
 
-from moonpipe.errors import EngineStopped
+from moonpipe.errors import DeviceLost, EngineStopped
 from moonpipe.model.checkpoint import ensure_checkpoint
 from moonpipe.request import Request
+from moonpipe.runtime.cpu_stream import CpuEvent
 from moonpipe.runtime.device_process import ProcessStream
-from moonpipe.runtime.streams import CpuEvent, DeviceLost
-from moonpipe.testing import file_trigger_fault_hook
+from moonpipe.testing import FileTriggerFaultHook
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +143,8 @@ def test_process_worker_samples_the_same_random_stream(ckpt: Path) -> None:
 
 
 def test_fault_in_the_worker_fails_only_that_step(ckpt: Path, tmp_path: Path) -> None:
-    with make_engine(ckpt, cpu_worker="process") as eng:
-        eng.set_fault_hook(file_trigger_fault_hook(str(tmp_path)))  # pickled into the worker
+    hook = FileTriggerFaultHook(str(tmp_path))  # pickled into the worker with its DeviceWork
+    with make_engine(ckpt, cpu_worker="process", fault_hook=hook) as eng:
         (tmp_path / "fail-step").touch()
         sinks = run_all(eng, mixed_requests("f-", max_tokens=8))
         failed = [rid for rid, s in sinks.items() if s.errors]
@@ -159,9 +159,8 @@ def test_fault_in_the_worker_fails_only_that_step(ckpt: Path, tmp_path: Path) ->
 
 
 def test_unpicklable_fault_hook_is_a_clear_error(ckpt: Path) -> None:
-    with make_engine(ckpt, cpu_worker="process") as eng:
-        with pytest.raises(TypeError, match="must pickle"):
-            eng.set_fault_hook(lambda kind, rows: None)
+    with pytest.raises(TypeError, match="must pickle"):
+        make_engine(ckpt, cpu_worker="process", fault_hook=lambda kind, rows: None)
 
 
 def test_killed_worker_stops_the_engine_and_fails_pending_requests(ckpt: Path) -> None:

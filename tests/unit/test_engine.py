@@ -16,7 +16,8 @@ from moonpipe.engine import Engine
 from moonpipe.errors import EngineStopped, InvalidRequest, QueueFull, RequestTooLarge
 from moonpipe.model.checkpoint import ensure_checkpoint
 from moonpipe.request import Request
-from moonpipe.runtime.runner import image_key
+from moonpipe.runtime.device_work import FaultHook
+from moonpipe.runtime.image_lru import image_key
 from moonpipe.testing import InjectedCrash
 
 SKILLS = [("caption", ""), ("query", "what is here?"), ("point", "cat"), ("detect", "dog"), ("segment", "cup")]
@@ -27,8 +28,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", preset="tiny")
 
 
-def make_engine(ckpt: Path, **kw: object) -> Engine:
-    return Engine(EngineConfig(checkpoint=str(ckpt), **kw))  # type: ignore[arg-type]
+def make_engine(ckpt: Path, fault_hook: FaultHook | None = None, **kw: object) -> Engine:
+    return Engine(EngineConfig(checkpoint=str(ckpt), **kw), fault_hook=fault_hook)  # type: ignore[arg-type]
 
 
 @pytest.fixture()
@@ -149,36 +150,34 @@ def test_abort_before_admission(ckpt: Path) -> None:
         assert_drained(eng)
 
 
-def test_fault_in_a_forward_fails_only_that_step(engine: Engine) -> None:
+def test_fault_in_a_forward_fails_only_that_step(ckpt: Path) -> None:
     fired: list[list[int]] = []
 
-    def hook(kind: str, seq_slots: list[int]) -> None:
-        if kind == "decode" and not fired:
-            fired.append(seq_slots)
+    def hook(kind: str, seq_rows: list[int]) -> None:
+        if kind == "decode" and not fired:  # the first decode step only
+            fired.append(seq_rows)
             raise RuntimeError("injected fault")
 
-    engine.set_fault_hook(hook)
-    sinks = run_all(engine, mixed_requests("f-", max_tokens=8))
-    failed = [rid for rid, s in sinks.items() if s.errors]
-    assert fired and failed
-    for rid in failed:
-        assert "injected fault" in str(sinks[rid].errors[0])
-        assert sinks[rid].num_finals == 1
-    engine.set_fault_hook(None)
-    again = run_all(engine, [Request("after", "caption", png_bytes(5), max_tokens=4)])
-    assert again["after"].result.num_output_tokens == 4
-    assert engine.ready
-    assert_drained(engine)
+    with make_engine(ckpt, fault_hook=hook) as engine:
+        sinks = run_all(engine, mixed_requests("f-", max_tokens=8))
+        failed = [rid for rid, s in sinks.items() if s.errors]
+        assert fired and failed
+        for rid in failed:
+            assert "injected fault" in str(sinks[rid].errors[0])
+            assert sinks[rid].num_finals == 1
+        again = run_all(engine, [Request("after", "caption", png_bytes(5), max_tokens=4)])
+        assert again["after"].result.num_output_tokens == 4
+        assert engine.ready
+        assert_drained(engine)
 
 
 def test_crashed_scheduler_reports_not_ready_and_fails_pending(ckpt: Path) -> None:
-    eng = make_engine(ckpt)
-    try:
-        def hook(kind: str, seq_slots: list[int]) -> None:
-            if kind == "decode":
-                raise InjectedCrash("boom")
+    def hook(kind: str, seq_rows: list[int]) -> None:
+        if kind == "decode":
+            raise InjectedCrash("boom")
 
-        eng.set_fault_hook(hook)
+    eng = make_engine(ckpt, fault_hook=hook)
+    try:
         sinks = {}
         for r in mixed_requests("c-", max_tokens=50):
             sinks[r.request_id] = s = CollectSink()
@@ -333,13 +332,13 @@ def test_output_processing_failure_still_ends_the_request(
 
 
 def test_graph_capture_staging_of_padding_only_rows(engine: Engine) -> None:
-    """Capture stages a slot with zero real rows (all padding): scratch seq slot,
+    """Capture stages a slot with zero real rows (all padding): scratch seq row,
     position 0, scratch page 0."""
     runner = engine.runner
     slot = runner.slots[0]
-    zeros = np.zeros((runner.max_seqs, runner.kv.max_pages_per_seq), dtype=np.int64)
+    no_rows = np.zeros((0, runner.layout.max_pages_per_seq), dtype=np.int64)
     empty = np.empty(0, dtype=np.int64)
-    runner._stage_rows(slot, empty, empty, zeros[:0], 4, 8)
-    assert slot.seq_slots[0][:4].tolist() == [runner.scratch_seq_slot] * 4
+    runner.stage_rows(slot, empty, empty, no_rows, 4, 8)
+    assert slot.seq_rows[0][:4].tolist() == [runner.scratch_seq_row] * 4
     assert slot.positions[0][:4].tolist() == [0] * 4
     assert int(slot.page_table[0][:4, :8].abs().sum()) == 0

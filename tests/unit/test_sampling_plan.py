@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from moonpipe.scheduler.sampling_plan import plan_sampling
-from moonpipe.skills.base import Feed, Spatial, StepSpec
+from moonpipe.step import Feed, Spatial, StepSpec
 
 
 def test_plan_rows_flags_and_ban_padding() -> None:

@@ -10,7 +10,7 @@ import pytest
 from moonpipe.config import TokenizerConfig
 from moonpipe.errors import InvalidRequest
 from moonpipe.request import Box, FinishReason, Point, Request
-from moonpipe.skills import SkillSet, finish, sampling_defaults, vocab_masks
+from moonpipe.skills import SkillSet, final_output, sampling_defaults, vocab_masks
 from moonpipe.skills.detect import DetectConstraint
 from moonpipe.skills.point import PointConstraint
 from moonpipe.skills.segment import SegmentConstraint
@@ -72,19 +72,19 @@ def test_sampling_defaults_follow_the_reference_and_the_request() -> None:
     assert sampling_defaults(Request("r", "point", IMAGE, prompt="cup", temperature=1.0))[0] == 0.0
 
 
-def test_finish_decodes_text_and_passes_objects_through() -> None:
+def test_final_output_decodes_text_and_passes_objects_through() -> None:
     tok = build_test_tokenizer()
     ids = tok.encode("A cat on a couch. Café 😀")
-    out = finish(Request("r", "caption", IMAGE), ids, [], [], FinishReason.STOP, tok)
+    out = final_output(Request("r", "caption", IMAGE), ids, [], [], FinishReason.STOP, tok)
     assert out.text == "A cat on a couch. Café 😀" and out.finish_reason == FinishReason.STOP
-    out = finish(Request("r", "point", IMAGE, prompt="cup"), [], [Point(0.1, 0.2)], [], FinishReason.LENGTH, tok)
+    out = final_output(Request("r", "point", IMAGE, prompt="cup"), [], [Point(0.1, 0.2)], [], FinishReason.LENGTH, tok)
     assert out.points == (Point(0.1, 0.2),) and out.text == "" and out.svg_path == ""
     box = Box(0.1, 0.2, 0.3, 0.4)
-    out = finish(Request("r", "detect", IMAGE, prompt="cup"), [], [], [box], FinishReason.STOP, tok)
+    out = final_output(Request("r", "detect", IMAGE, prompt="cup"), [], [], [box], FinishReason.STOP, tok)
     assert out.boxes == (box,)
 
 
-def test_finish_of_a_segment_cut_before_its_box() -> None:
+def test_final_output_of_a_segment_cut_before_its_box() -> None:
     tok = build_test_tokenizer()
-    out = finish(Request("r", "segment", IMAGE, prompt="cup"), [], [], [], FinishReason.LENGTH, tok)
+    out = final_output(Request("r", "segment", IMAGE, prompt="cup"), [], [], [], FinishReason.LENGTH, tok)
     assert out.finish_reason == FinishReason.LENGTH and out.boxes == () and out.svg_path == ""

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from moonpipe.config import TokenizerConfig
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.request import Box, FinishReason, Request
-from moonpipe.skills import Feed, SkillSet, Spatial, StepOutput, finish
+from moonpipe.skills import SkillSet, final_output
 from moonpipe.skills.segment import SegmentConstraint
 from moonpipe.skills.svg import parse_path
+from moonpipe.step import Feed, Spatial, StepOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_skills_tokenizer import build_test_tokenizer
@@ -123,7 +124,7 @@ def test_a_token_outside_the_grammar_ends_with_error(h: Harness) -> None:
     bad = h.tok.encode(" cat")[0]
     a = c.advance(StepOutput(token=bad))
     assert a.finish_reason == FinishReason.ERROR
-    out = finish(Request("r", "segment", IMAGE, prompt="cat"), [bad], [], [box], a.finish_reason, h.tok)
+    out = final_output(Request("r", "segment", IMAGE, prompt="cat"), [bad], [], [box], a.finish_reason, h.tok)
     assert out.finish_reason == FinishReason.ERROR and out.error
 
 
@@ -138,7 +139,7 @@ def test_finish_maps_the_path_into_the_box(h: Harness) -> None:
     req = Request("r", "segment", IMAGE, prompt="cat")
     box = Box(0.2, 0.4, 0.6, 0.8)
     ids = h.tok.encode("M 0 0 L 960 480 L 480 960 Z")
-    out = finish(req, ids, [], [box], FinishReason.STOP, h.tok)
+    out = final_output(req, ids, [], [box], FinishReason.STOP, h.tok)
     assert out.finish_reason == FinishReason.STOP and not out.error
     assert out.svg_path == "M 0.2000,0.4000 L 0.6000,0.6000 L 0.4000,0.8000 Z"
     assert out.boxes == (box,) and out.text == "M 0 0 L 960 480 L 480 960 Z"
@@ -146,13 +147,13 @@ def test_finish_maps_the_path_into_the_box(h: Harness) -> None:
 
 def test_finish_reports_a_malformed_path_as_error(h: Harness) -> None:
     req = Request("r", "segment", IMAGE, prompt="cat")
-    out = finish(req, h.tok.encode("M 10 L 5 5"), [], [Box(0, 0, 1, 1)], FinishReason.STOP, h.tok)
+    out = final_output(req, h.tok.encode("M 10 L 5 5"), [], [Box(0, 0, 1, 1)], FinishReason.STOP, h.tok)
     assert out.finish_reason == FinishReason.ERROR and "malformed" in out.error and out.svg_path == ""
 
 
 def test_finish_drops_a_cut_off_command_on_length(h: Harness) -> None:
     req = Request("r", "segment", IMAGE, prompt="cat")
-    out = finish(req, h.tok.encode("M 0 0 L 960 960 C 1 2"), [], [Box(0, 0, 1, 1)], FinishReason.LENGTH, h.tok)
+    out = final_output(req, h.tok.encode("M 0 0 L 960 960 C 1 2"), [], [Box(0, 0, 1, 1)], FinishReason.LENGTH, h.tok)
     assert out.finish_reason == FinishReason.LENGTH and out.svg_path == "M 0.0000,0.0000 L 1.0000,1.0000"
 
 
@@ -181,7 +182,7 @@ def test_masked_random_walks_always_give_a_valid_path(h: Harness, max_tokens: in
     assert EOS not in ids
     if reason == FinishReason.STOP:
         parse_path(h.tok.decode(ids))  # strict: a complete path
-    final = finish(req, ids, [], boxes, reason, h.tok)
+    final = final_output(req, ids, [], boxes, reason, h.tok)
     assert final.finish_reason == reason and not final.error, (h.tok.decode(ids), final.error)
 
 

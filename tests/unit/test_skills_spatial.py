@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from moonpipe.config import TokenizerConfig
 from moonpipe.request import Box, FinishReason, Point, Request
-from moonpipe.skills import Feed, SkillSet, Spatial, StepOutput
+from moonpipe.skills import SkillSet
 from moonpipe.skills.spatial import box_from_centre
+from moonpipe.step import Feed, Spatial, StepOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_skills_tokenizer import build_test_tokenizer

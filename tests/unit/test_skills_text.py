@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from moonpipe.config import TokenizerConfig
 from moonpipe.request import FinishReason, Request
-from moonpipe.skills import Feed, SkillSet, Spatial, StepOutput
+from moonpipe.skills import SkillSet
+from moonpipe.step import Feed, Spatial, StepOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_skills_tokenizer import build_test_tokenizer
