@@ -66,3 +66,27 @@ def test_deltas_of_arbitrary_ids_concatenate_to_the_full_decode(ids: list[int], 
     detok = IncrementalDetokenizer(tok)
     deltas = [detok.push(chunk) for chunk in _chunks(ids, sizes)]
     assert "".join(deltas) + detok.flush() == tok.decode(ids)
+
+
+
+@settings(max_examples=200, deadline=None)
+@given(words=st.lists(st.sampled_from(["Café", "𝄞", "東京の犬", "😀👍🏽", "∑∫√", " cat", "naïve", "done"]),
+                      min_size=1, max_size=8),
+       cut=st.floats(0.0, 1.0))
+def test_deltas_match_tokenizers_decode_stream_and_flush_keeps_the_held_tail(words: list[str], cut: float) -> None:
+    """Why moonpipe keeps its own detokeniser: step by step it emits exactly what the pinned
+    ``tokenizers.decoders.DecodeStream`` emits, but a request cut mid-character (max_tokens,
+    cancellation) must still end with the whole decode, and DecodeStream has no flush."""
+    from tokenizers.decoders import DecodeStream
+
+    tok = build_test_tokenizer()
+    ids = tok.encode(" ".join(words))
+    ids = ids[: max(1, round(cut * len(ids)))]
+    ours = IncrementalDetokenizer(tok)
+    stream = DecodeStream(skip_special_tokens=False)
+    emitted = ""
+    for i in ids:
+        delta = ours.push([i])
+        assert delta == (stream.step(tok.hf, i) or "")
+        emitted += delta
+    assert emitted + ours.flush() == tok.decode(ids)
