@@ -239,6 +239,9 @@ class EngineConfig:
     max_image_bytes: int = 32 * 1024 * 1024
     max_prompt_tokens: int = 512
     image_cache_size: int = 16
+    # images whose prefix KV (BOS + image tokens) is kept and shared by later requests
+    # about the same image, which then prefill only their prompt; 0 turns it off
+    prefix_cache_size: int = 16
     seed: int = 0
     compute_threads: int = 1
     # CPU only: run forwards on a worker "thread" (shares the GIL with the scheduler) or
@@ -259,6 +262,8 @@ class EngineConfig:
                   "max_image_bytes", "max_prompt_tokens", "image_cache_size", "compute_threads")
         if self.cpu_worker not in _CPU_WORKERS:
             raise ValueError(f"EngineConfig.cpu_worker must be one of {_CPU_WORKERS}, got {self.cpu_worker!r}")
+        if self.prefix_cache_size < 0:
+            raise ValueError(f"EngineConfig.prefix_cache_size must be >= 0 (0 = off), got {self.prefix_cache_size}")
         if self.num_kv_pages < 0:
             raise ValueError(f"EngineConfig.num_kv_pages must be >= 0, got {self.num_kv_pages}")
         if self.max_batch_size > 256:
@@ -282,18 +287,25 @@ class KVLayout:
     page_size: int
     num_pages: int
     max_pages_per_seq: int
+    prefix_len: int  # positions every request of an image shares: BOS + the image tokens
 
     def __post_init__(self) -> None:
-        _positive(self, "page_size", "num_pages", "max_pages_per_seq")
+        _positive(self, "page_size", "num_pages", "max_pages_per_seq", "prefix_len")
         if self.num_pages < 2:
             raise ValueError("KVLayout.num_pages must be >= 2 (page 0 is scratch)")
 
     @classmethod
-    def from_configs(cls, engine: EngineConfig, text: TextConfig) -> KVLayout:
+    def from_configs(cls, engine: EngineConfig, model: ModelConfig) -> KVLayout:
         """``engine.num_kv_pages`` pages, or (0) enough for ``max_batch_size`` full contexts."""
-        per_seq = pages_needed(text.max_context, engine.kv_page_size)
+        per_seq = pages_needed(model.text.max_context, engine.kv_page_size)
         num_pages = engine.num_kv_pages or engine.max_batch_size * per_seq + 1
-        return cls(page_size=engine.kv_page_size, num_pages=num_pages, max_pages_per_seq=per_seq)
+        return cls(page_size=engine.kv_page_size, num_pages=num_pages, max_pages_per_seq=per_seq,
+                   prefix_len=model.prefix_len)
+
+    @property
+    def num_shared_prefix_pages(self) -> int:
+        """Pages that hold nothing but prefix positions (shared by a prefix-cache entry)."""
+        return self.prefix_len // self.page_size
 
     def pages_needed(self, num_positions: int) -> int:
         """Pages that hold ``num_positions`` KV positions (at least one)."""

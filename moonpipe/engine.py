@@ -85,7 +85,7 @@ class Engine:
         masks = self.skills.vocab_masks
         self._mask_index = {m.name: i for i, m in enumerate(masks, start=1)}
         self.telemetry = Telemetry()
-        self.kv_layout = KVLayout.from_configs(config, model_config.text)
+        self.kv_layout = KVLayout.from_configs(config, model_config)
         self.runner = ModelRunner(model, model_config, config, self.kv_layout, masks, fault_hook=fault_hook)
         self.output = OutputProcessor(tokenizer, cpus=self.runner.streams.host_cpus)
         self._lock = threading.Lock()
@@ -134,6 +134,10 @@ class Engine:
         return self.telemetry.snapshot(ready=self.ready, pipeline_depth=self.config.pipeline_depth,
                                        **self.scheduler.live_counts())
 
+    def clear_prefix_cache(self) -> None:
+        """Drop every prefix-cache entry (pages no request holds become free)."""
+        self.scheduler.inbox.put(Command("clear_prefix_cache"))
+
     def reset_step_totals(self) -> StepTotals:
         """Return and reset cumulative decode-step totals (for benchmarks)."""
         return self.telemetry.reset_totals()
@@ -169,7 +173,9 @@ class Engine:
         key = image_key(bytes(request.image))
         crops: np.ndarray | None = None
         tiling = (1, 1)
-        if not self.runner.has_image(key):  # identical bytes were decoded (and valid) before
+        # Identical bytes were decoded (and valid) before if their embedding or their prefix
+        # is cached: a racy hint, a miss at prefill time decodes there.
+        if not (self.runner.has_image(key) or key in self.scheduler.table.prefix_cache):
             image = decode_image(bytes(request.image), max_pixels=cfg.max_image_pixels)
             crops, tiling = overlap_crops(image, self.model_config.vision.max_crops)
         constraint = self.skills.make_constraint(request, self._mask_index,

@@ -105,6 +105,10 @@ class PrefillItem:
     image: bytes  # the encoded file, decoded at prefill only if a cached embedding was evicted
     prompt_ids: tuple[int, ...]
     page_ids: tuple[int, ...]
+    # the prefix KV is already in page_ids (a prefix-cache entry's shared pages): copy the
+    # boundary page from page ``boundary_src`` (0: none) and prefill only the prompt
+    cached_prefix: bool = False
+    boundary_src: int = 0
 
 
 @dataclass(frozen=True, slots=True)

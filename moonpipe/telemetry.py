@@ -24,8 +24,12 @@ class EngineStats:
     queue_depth: int
     running: int
     zombies: int
-    kv_pages_in_use: int
+    kv_pages_in_use: int  # held by requests
     kv_pages_total: int
+    prefix_cache_pages: int  # held only by the prefix cache (freed on demand)
+    prefix_cache_entries: int
+    prefix_cache_hits: int  # requests admitted onto a cached image prefix
+    prefix_cache_misses: int  # requests that computed their prefix (cache on)
     steps: int
     prefill_steps: int
     decode_steps: int
@@ -142,6 +146,10 @@ class Telemetry:
                 zombies=int(live["zombies"]),
                 kv_pages_in_use=int(live["kv_pages_in_use"]),
                 kv_pages_total=int(live["kv_pages_total"]),
+                prefix_cache_pages=int(live["prefix_cache_pages"]),
+                prefix_cache_entries=int(live["prefix_cache_entries"]),
+                prefix_cache_hits=int(live["prefix_cache_hits"]),
+                prefix_cache_misses=int(live["prefix_cache_misses"]),
                 steps=self.steps,
                 prefill_steps=self.prefill_steps,
                 decode_steps=self.decode_steps,

@@ -121,17 +121,34 @@ class DeviceWork:
         slot.logits[:b].copy_(model.lm_logits(hidden))
 
     def prefill(self, slot_index: int, shape: StepShape, items: list[PrefillItem]) -> None:
-        """Image encoder (cached per image content) + prompt prefill of every item."""
+        """The prefix (BOS + image tokens; image encoder cached per image content) unless it
+        is cached, then the prompt, of every item.
+
+        The prefix and the prompt are always two forwards, so the KV and the outputs are the
+        same whether the prefix came from the prefix cache or was computed here.
+        """
         slot = self._slot(slot_index, shape)
         if self.fault_hook is not None:
             self.fault_hook("prefill", [it.seq_row for it in items])
         model = self.model
+        prefix_len = self.model_cfg.prefix_len
         for row, it in enumerate(items):
-            img = self._image_embedding(it)  # (729, D)
-            tok = model.embed_tokens(self._to_device(torch.tensor((self.bos_id, *it.prompt_ids))))  # (1 + T, D)
-            emb = torch.cat([tok[:1], img.to(tok.dtype), tok[1:]], dim=0)  # (730 + T, D)
             pages = self._to_device(torch.tensor(it.page_ids, dtype=torch.long))
-            hidden = model.prefill(emb, 0, self.k, self.v, pages)  # (730 + T, D)
+            if it.cached_prefix:
+                if it.boundary_src:  # our private copy of the page where the prefix ends
+                    dst = it.page_ids[prefix_len // self.k.shape[2]]
+                    self.k[:, dst].copy_(self.k[:, it.boundary_src])
+                    self.v[:, dst].copy_(self.v[:, it.boundary_src])
+            else:
+                img = self._image_embedding(it)  # (729, D)
+                bos = model.embed_tokens(self._to_device(torch.tensor([self.bos_id])))  # (1, D)
+                prefix = torch.cat([bos, img.to(bos.dtype)], dim=0)  # (730, D)
+                hidden = model.prefill(prefix, 0, self.k, self.v, pages)  # (730, D)
+            if it.prompt_ids:
+                tok = model.embed_tokens(self._to_device(torch.tensor(it.prompt_ids)))  # (T, D)
+                hidden = model.prefill(tok, prefix_len, self.k, self.v, pages)  # (T, D)
+            elif it.cached_prefix:
+                raise ValueError("a request without prompt tokens cannot start from a cached prefix")
             slot.hidden[row].copy_(hidden[-1])
         b = len(items)
         slot.logits[:b].copy_(model.lm_logits(slot.hidden[:b]))

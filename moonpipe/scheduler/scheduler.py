@@ -50,7 +50,8 @@ Step = InFlightStep[Sequence]
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A message to the scheduler thread: ``submit`` (seq), ``abort`` (request id), ``stop``."""
+    """A message to the scheduler thread: ``submit`` (seq), ``abort`` (request id),
+    ``clear_prefix_cache``, ``stop``."""
 
     kind: str
     seq: Sequence | None = None
@@ -67,7 +68,7 @@ class Scheduler:
         self.telemetry = telemetry
         self.depth = config.pipeline_depth
         self.pipeline: Pipeline[Sequence] = Pipeline(depth=self.depth)
-        self.table = SequenceTable(config.max_batch_size, layout)
+        self.table = SequenceTable(config.max_batch_size, layout, config.prefix_cache_size)
         self.inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._last_prefill = False
         self._on_final = on_final
@@ -109,6 +110,8 @@ class Scheduler:
             self.table.add(cmd.seq)
         elif cmd.kind == "abort":
             self._abort(cmd.request_id)
+        elif cmd.kind == "clear_prefix_cache":
+            self.table.prefix_cache.clear()
         elif cmd.kind == "stop":
             self.stopping = True
 
@@ -144,13 +147,13 @@ class Scheduler:
     def _prefill_batch_size(self) -> int:
         """How many admitted sequences (FIFO) the next prefill takes: up to
         ``MAX_PREFILL_PER_STEP``, but at most one image the runner has not encoded
-        recently. Encoding an image dominates a prefill; one per step keeps decode steps
-        flowing between them instead of making every request of a burst wait for the
-        whole burst's images."""
+        recently (a cached prefix needs no image at all). Encoding an image dominates a
+        prefill; one per step keeps decode steps flowing between them instead of making
+        every request of a burst wait for the whole burst's images."""
         new: set[str] = set()
         n = 0
         for s in itertools.islice(self.table.admitted, MAX_PREFILL_PER_STEP):
-            if s.image_key not in new and not self.runner.has_image(s.image_key):
+            if not s.cached_prefix and s.image_key not in new and not self.runner.has_image(s.image_key):
                 if new:
                     break
                 new.add(s.image_key)
@@ -159,9 +162,11 @@ class Scheduler:
 
     def _launch_prefill(self, seqs: list[Sequence]) -> Step:
         step = self.pipeline.launch(seqs, [0] * len(seqs), prefill=True)
+        self.table.offer_prefixes(seqs, step.step_id)
         items = [
             PrefillItem(seq_row=s.seq_row, image_key=s.image_key, crops=s.crops, tiling=s.tiling,
-                        image=s.image, prompt_ids=s.prompt_ids, page_ids=s.page_ids)
+                        image=s.image, prompt_ids=s.prompt_ids, page_ids=s.page_ids,
+                        cached_prefix=s.cached_prefix, boundary_src=s.boundary_src)
             for s in seqs
         ]
         self.runner.launch_prefill(step.slot, items)
@@ -230,6 +235,8 @@ class Scheduler:
                     self._advance(s, outputs[row], now, events)
                     committed += 1
             _, unreferenced = self.pipeline.commit_oldest()
+            if step.prefill:  # the prefixes it computed are usable now, or dropped
+                self.table.prefix_cache.commit(step.step_id, ok=error is None)
             self.table.release_unreferenced(unreferenced)
         finally:
             self.output.put(events)
@@ -324,6 +331,10 @@ class Scheduler:
             "queue_depth": self.table.num_queued,
             "running": self.table.num_running,
             "zombies": self.table.num_zombies,
-            "kv_pages_in_use": self.table.allocator.num_in_use,
+            "kv_pages_in_use": self.table.allocator.num_seq_pages,
             "kv_pages_total": self.table.allocator.capacity,
+            "prefix_cache_pages": self.table.allocator.num_cache_only,
+            "prefix_cache_entries": len(self.table.prefix_cache),
+            "prefix_cache_hits": self.table.prefix_cache.hits,
+            "prefix_cache_misses": self.table.prefix_cache.misses,
         }

@@ -51,6 +51,8 @@ class Sequence:
     state: SeqState = SeqState.WAITING
     seq_row: int = -1  # row of the per-sequence device buffers (next input, page table)
     page_ids: tuple[int, ...] = ()
+    cached_prefix: bool = False  # admitted onto a prefix-cache entry: prefill only the prompt
+    boundary_src: int = 0  # with a cached prefix: the entry's page to copy into our boundary page
     position: int = 0  # next KV position a decode step writes
     num_launched: int = 0
     num_committed: int = 0

@@ -1,7 +1,8 @@
 """SequenceTable: the one owner of every request's lifecycle inside the scheduler.
 
-It holds the sequences from submit to release, the KV page allocator and the seq rows,
-and is the only code that changes ``Sequence.state``. The scheduler thread alone uses it.
+It holds the sequences from submit to release, the KV page allocator, the prefix cache
+and the seq rows, and is the only code that changes ``Sequence.state``. The scheduler
+thread alone uses it.
 
 Invariants (``check()`` asserts them; the tests call it after every transition):
   S1 every live sequence (added, not released) is in exactly one place that matches its
@@ -12,10 +13,12 @@ Invariants (``check()`` asserts them; the tests call it after every transition):
      other row is all 0; no two sequences share a row;
   S3 a sequence is released once, only when FINISHED and no launched step references it
      (the caller says so: the pipeline counts references), and then leaves the table;
-  S4 the allocator's A1-A3 hold, and the pages in use are exactly those of the sequences
-     of S2.
+  S4 the allocator's A1-A4 hold, and every page's reference counts are exactly the number
+     of sequences of S2 and of prefix-cache entries that list it.
 Admission is FIFO and reserves a sequence's worst case of pages at once, so a running
-sequence never waits for memory.
+sequence never waits for memory. A sequence whose image has a ready prefix-cache entry
+takes the entry's full pages (counted once, however many share them) and allocates the
+rest; unused entries are evicted before a request has to wait (``prefix_cache.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from moonpipe.config import KVLayout
-from moonpipe.scheduler.pages import PageAllocator
+from moonpipe.scheduler.pages import Holder, PageAllocator
+from moonpipe.scheduler.prefix_cache import PrefixCache
 from moonpipe.scheduler.sequence import SeqState, Sequence
 
 __all__ = ["SequenceTable"]
@@ -35,9 +39,12 @@ __all__ = ["SequenceTable"]
 class SequenceTable:
     """Lifecycle, pages and seq rows of the scheduler's sequences (see module docstring)."""
 
-    def __init__(self, max_rows: int, layout: KVLayout) -> None:
+    def __init__(self, max_rows: int, layout: KVLayout, prefix_cache_size: int = 0) -> None:
         self.layout = layout
         self.allocator = PageAllocator(layout.num_pages)
+        self.prefix_cache = PrefixCache(
+            prefix_cache_size, self.allocator, num_full_pages=layout.num_shared_prefix_pages,
+            num_pages=layout.pages_needed(layout.prefix_len))
         # (max_rows + 1, max_pages) page ids per seq row; the last row is the padding
         # rows' scratch row and stays all 0 (scratch page).
         self.page_rows = np.zeros((max_rows + 1, layout.max_pages_per_seq), dtype=np.int64)
@@ -92,17 +99,26 @@ class SequenceTable:
     def admit(self, now: float) -> None:
         """WAITING -> ADMITTED in FIFO order while a seq row and the head's pages are free
         (the head waits for pages; submit rejected what can never fit)."""
+        cache = self.prefix_cache
         while self._waiting and self._free_rows:
             seq = self._waiting[0]
-            n = self.layout.pages_needed(seq.num_positions)
-            if not self.allocator.can_allocate(n):
+            entry = cache.ready(seq.image_key) if seq.prompt_ids else None
+            shared = entry.pages[: cache.num_full_pages] if entry is not None else ()
+            n = self.layout.pages_needed(seq.num_positions) - len(shared)
+            if not cache.evict_for(n, keep=seq.image_key):
                 return
             self._waiting.popleft()
-            seq.page_ids = tuple(self.allocator.allocate(n, owner=str(seq.seq_id)))
+            self.allocator.share(shared, "seq")
+            seq.page_ids = (*shared, *self.allocator.allocate(n, "seq"))
+            if entry is not None:
+                seq.cached_prefix = True
+                seq.boundary_src = entry.pages[-1] if len(entry.pages) > len(shared) else 0
+            if cache.enabled:
+                cache.record(seq.image_key, hit=entry is not None)
             seq.seq_row = self._free_rows.pop()
             row = self.page_rows[seq.seq_row]
             row[:] = 0
-            row[:n] = seq.page_ids
+            row[: len(seq.page_ids)] = seq.page_ids
             seq.state = SeqState.ADMITTED
             seq.timings.admitted = now
             self._admitted.append(seq)
@@ -116,6 +132,13 @@ class SequenceTable:
             s.num_launched = 1
             self._running[s] = None
         return seqs
+
+    def offer_prefixes(self, seqs: list[Sequence], step_id: int) -> None:
+        """Step ``step_id`` prefills ``seqs``: those computing their image's prefix offer it
+        to the prefix cache (pending until that step commits)."""
+        for s in seqs:
+            if not s.cached_prefix:
+                self.prefix_cache.offer(s.image_key, s.page_ids, step_id)
 
     def finish(self, seq: Sequence, reason: str, *, referenced: bool) -> None:
         """Any live state -> FINISHED (its final output is being emitted). Released now
@@ -145,7 +168,7 @@ class SequenceTable:
     def _release(self, seq: Sequence) -> None:
         assert seq.state is SeqState.FINISHED, f"S3: release of a {seq.state.value} sequence"
         if seq.seq_row >= 0:
-            self.allocator.release(list(seq.page_ids), owner=str(seq.seq_id))
+            self.allocator.release(seq.page_ids, "seq")
             self.page_rows[seq.seq_row] = 0
             self._free_rows.append(seq.seq_row)
         seq.state = SeqState.RELEASED
@@ -173,4 +196,13 @@ class SequenceTable:
                 assert not self.page_rows[r].any(), f"S2: free row {r} lists pages"
         assert len(self._free_rows) + len(holding) == len(self.page_rows) - 1, "S2: seq rows lost"
         self.allocator.check()
-        assert self.allocator.num_in_use == sum(len(s.page_ids) for s in holding.values()), "S4"
+        holders: tuple[tuple[Holder, list[tuple[int, ...]]], ...] = (
+            ("seq", [s.page_ids for s in holding.values()]),
+            ("cache", [e.pages for e in self.prefix_cache.entries()]))
+        for kind, lists in holders:
+            counts: dict[int, int] = {}
+            for pages in lists:
+                for p in pages:
+                    counts[p] = counts.get(p, 0) + 1
+            for p in range(1, self.allocator.num_pages):
+                assert self.allocator.refs(p, kind) == counts.get(p, 0), f"S4: page {p} {kind} refs"

@@ -15,6 +15,8 @@ FAMILIES = (
     "moonpipe_queue_depth", "moonpipe_running_sequences", "moonpipe_zombie_sequences",
     "moonpipe_kv_pages_in_use", "moonpipe_kv_pages_total", "moonpipe_step_period_ms",
     "moonpipe_step_idle_ms", "moonpipe_batch_size_mean", "moonpipe_pipeline_depth",
+    "moonpipe_engine_ready", "moonpipe_prefix_cache_pages", "moonpipe_prefix_cache_entries",
+    "moonpipe_prefix_cache_hits_total", "moonpipe_prefix_cache_misses_total",
 )
 
 
@@ -62,3 +64,23 @@ def test_server_log_has_one_line_per_request_with_timings(
     assert lines
     assert all(key in lines[-1] for key in ("finish=", "prompt_tokens=", "output_tokens=", "ttft_ms=",
                                             "itl_ms=", "total_ms="))
+
+
+def test_a_repeated_image_is_a_prefix_cache_hit_in_the_metrics(
+        triton_server: ServerHandle, moondream: Caller) -> None:
+    from conftest import make_png
+
+    image = make_png(97, 61)  # an image no other test sends
+    time.sleep(0.6)
+    before = triton_server.metrics_text()
+    for question in ("Is there a ball?", "What colour is it?"):
+        assert moondream.run("query", image, question, max_tokens=3)[-1].error is None
+    time.sleep(1.2)  # counters are exported every stats_interval_ms (500)
+    text = triton_server.metrics_text()
+
+    def delta(name: str) -> float:
+        return metric_value(text, name) - metric_value(before, name)
+
+    assert (delta("moonpipe_prefix_cache_misses_total"), delta("moonpipe_prefix_cache_hits_total")) == (1, 1)
+    assert metric_value(text, "moonpipe_prefix_cache_entries") >= 1
+    assert metric_value(text, "moonpipe_prefix_cache_pages") > 0

@@ -5,6 +5,11 @@ read, in that order; a row's next forward only after its previous step was sampl
 "samples" deterministic values: a per-seq-row pseudo-random stream seeded at prefill from
 the prompt, so a request's k-th output depends only on the request and k, whatever the
 batch, the depth or the timing. Faults are scripted by launch number.
+
+It also models the paged KV cache: every forward writes a tag per position into its
+sequence's pages (image prefix, prompt, outputs) and first checks that every position it
+attends to holds its own sequence's tags, so a shared prefix page that someone
+overwrote, a missed boundary-page copy or a page reused too early fails the test.
 """
 
 from __future__ import annotations
@@ -84,6 +89,10 @@ class FakeRunner:
         self._state: dict[int, int] = {}  # seq row -> its stream's state ("device memory")
         self._unsampled_rows: set[int] = set()
         self._pages: dict[int, tuple[int, ...]] = {}  # seq row -> pages of its last prefill
+        self._who: dict[int, tuple[str, tuple[int, ...], int]] = {}  # seq row -> (image, prompt, uid)
+        self.kv: dict[tuple[int, int], tuple[object, ...]] = {}  # (page, offset) -> tag
+        self._tainted: set[int] = set()  # rows in a failing step: their outputs are never used
+        self.cached_prefills = 0
         self._images: ImageLRU[None] = ImageLRU(image_cache_size)
 
     # ------------------------------------------------------------ StepRunner
@@ -96,11 +105,26 @@ class FakeRunner:
         busy_pages = {p for r in busy_rows for p in self._pages.get(r, ())}
         for it in items:  # a released sequence's row and pages are reused only once no step holds them
             assert it.seq_row not in busy_rows, f"seq row {it.seq_row} reused while a launched step holds it"
-            assert not busy_pages.intersection(it.page_ids), "pages reused while a launched step holds them"
+            private = it.page_ids[PREFIX // PAGE_SIZE:] if it.cached_prefix else it.page_ids
+            assert not busy_pages.intersection(private), "pages reused while a launched step holds them"
+        self._tainted.difference_update(rows)  # new sequences in these rows
         self._launch("launch_prefill", slot, rows)
         for it in items:
             assert it.page_ids and len(set(it.page_ids)) == len(it.page_ids) and 0 not in it.page_ids
             self._pages[it.seq_row] = it.page_ids
+            self._who[it.seq_row] = (it.image_key, it.prompt_ids, self.launches * 1000 + it.seq_row)
+            if it.cached_prefix:
+                self.cached_prefills += 1
+                if it.boundary_src:
+                    dst = it.page_ids[PREFIX // PAGE_SIZE]
+                    for off in range(PAGE_SIZE):
+                        self._put(dst, off, self.kv.get((it.boundary_src, off), ("never written",)))
+                self._check(it.seq_row, PREFIX)  # the shared prefix is this image's
+            else:
+                for pos in range(PREFIX):
+                    self._write(it.seq_row, pos)
+            for pos in range(PREFIX, PREFIX + len(it.prompt_ids)):
+                self._write(it.seq_row, pos)
             self._state[it.seq_row] = _seed(it.prompt_ids, it.image_key)
             self._images.put(it.image_key, None)
         self.prefill_sizes.append(len(items))
@@ -113,6 +137,9 @@ class FakeRunner:
             assert r in self._state, f"decode of seq row {r} before its prefill"
             assert pages[pos // PAGE_SIZE] in self._pages[r], f"row {r} writes position {pos} outside its pages"
         self._launch("launch_decode", slot, rows)
+        for r, pos in zip(rows, positions.tolist()):
+            self._check(r, pos)
+            self._write(r, pos)
         self.decode_sizes.append(len(rows))
 
     def launch_sampling(self, slot: int, plan: SamplingPlan) -> None:
@@ -144,6 +171,36 @@ class FakeRunner:
     def step_times_ms(self, slot: int) -> tuple[float, float]:
         return 1.0, 0.1
 
+    # ------------------------------------------------------------ the KV model
+    def _tag(self, row: int, pos: int) -> tuple[object, ...]:
+        image, prompt, uid = self._who[row]
+        if pos < PREFIX:
+            return ("image", image, pos)
+        if pos < PREFIX + len(prompt):
+            return ("prompt", uid, pos)
+        return ("output", uid, pos)
+
+    def _put(self, page: int, offset: int, tag: tuple[object, ...]) -> None:
+        assert page != 0 or tag == ("never written",), "a real position written to the scratch page"
+        self.kv[(page, offset)] = tag
+
+    def _write(self, row: int, pos: int) -> None:
+        """The forward's KV write; a step scripted to fail writes garbage instead."""
+        pages = self._pages[row]
+        failing = self.launches - 1 in self.fail_launches
+        self._put(pages[pos // PAGE_SIZE], pos % PAGE_SIZE, ("garbage",) if failing else self._tag(row, pos))
+
+    def _check(self, row: int, upto: int) -> None:
+        """Positions ``[0, upto)`` of ``row`` hold what its own forwards (or, for a shared
+        prefix, its image's) wrote. Rows of a failed step are not checked: that step's
+        requests fail, and later steps that still carry them are discarded."""
+        if row in self._tainted:
+            return
+        pages = self._pages[row]
+        for pos in range(upto):
+            got = self.kv.get((pages[pos // PAGE_SIZE], pos % PAGE_SIZE))
+            assert got == self._tag(row, pos), f"row {row} position {pos}: {got} != {self._tag(row, pos)}"
+
     # ------------------------------------------------------------ checks
     def _launch(self, method: str, slot: int, rows: list[int]) -> None:
         self.calls.append((method, slot))
@@ -153,6 +210,8 @@ class FakeRunner:
         assert not late, f"rows {late} launched before their previous step was sampled"
         self._unsampled_rows.update(rows)
         self._slots[slot] = _SlotUse(rows, self.launches)
+        if self.launches in self.fail_launches:
+            self._tainted.update(rows)
         self.launches += 1
 
 
@@ -210,10 +269,10 @@ class Harness:
     """A scheduler over a ``FakeRunner``, driven one tick at a time from the test thread."""
 
     def __init__(self, *, depth: int = 2, max_batch_size: int = 4, num_pages: int = 64,
-                 runner: FakeRunner | None = None) -> None:
+                 runner: FakeRunner | None = None, prefix_cache_size: int = 0) -> None:
         self.config = EngineConfig(max_batch_size=max_batch_size, pipeline_depth=depth, kv_page_size=PAGE_SIZE,
-                                   num_kv_pages=num_pages)
-        self.layout = KVLayout(page_size=PAGE_SIZE, num_pages=num_pages, max_pages_per_seq=64)
+                                   num_kv_pages=num_pages, prefix_cache_size=prefix_cache_size)
+        self.layout = KVLayout(page_size=PAGE_SIZE, num_pages=num_pages, max_pages_per_seq=64, prefix_len=PREFIX)
         self.runner = runner or FakeRunner()
         self.output = CollectOutput()
         self.ended: list[str] = []
@@ -257,8 +316,12 @@ class Harness:
         raise AssertionError("the scheduler did not become idle")
 
     def assert_drained(self) -> None:
+        """Nothing in flight, no request left, and every page free once the cache is cleared."""
         assert self.scheduler.pipeline.num_inflight == 0
         assert not self.table.live(), [s.request_id for s in self.table.live()]
+        assert self.table.allocator.num_seq_pages == 0
+        self.table.check()
+        self.table.prefix_cache.clear()
         assert self.table.allocator.num_in_use == 0
         self.table.check()
 

@@ -1,6 +1,7 @@
 """Moondream's own reference outputs (shared/golden/md2-tiny) reproduced *through the engine*:
 pipelined scheduler, paged KV, device sampling, constraints, at depth 1 and 2, alone and in
-a batch."""
+a batch, with the prefix cache off and on (all requests ask about one image: after the
+first, each prefills only its prompt over the shared image prefix)."""
 
 from __future__ import annotations
 
@@ -38,11 +39,13 @@ def object_tokenizer(golden: dict) -> Tokenizer:
     return Tokenizer(hf)
 
 
-@pytest.fixture(scope="module", params=[1, 2])
+@pytest.fixture(scope="module", params=[(1, 0), (2, 0), (1, 16), (2, 16)],
+                ids=["depth1", "depth2", "depth1-prefix-cache", "depth2-prefix-cache"])
 def engine(request: pytest.FixtureRequest, golden: dict) -> Iterator[Engine]:
     cfg = ModelConfig.from_dir(GOLDEN_DIR)
     model = load_model(GOLDEN_DIR)  # float32, as the goldens were computed
-    eng = Engine(EngineConfig(pipeline_depth=request.param), model=model,
+    depth, cache = request.param
+    eng = Engine(EngineConfig(pipeline_depth=depth, prefix_cache_size=cache), model=model,
                  tokenizer=object_tokenizer(golden), model_config=cfg)
     yield eng
     eng.shutdown()
@@ -80,6 +83,8 @@ def test_goldens_one_at_a_time(engine: Engine, golden: dict) -> None:
     for r in golden_requests(golden):
         results.update(run_all(engine, [r]))
     check(results, golden)
+    if engine.config.prefix_cache_size:
+        assert engine.stats().prefix_cache_hits >= 2  # point and detect reused caption's prefix
 
 
 def test_goldens_batched_together(engine: Engine, golden: dict) -> None:

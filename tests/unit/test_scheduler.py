@@ -289,21 +289,22 @@ WORKLOAD = st.lists(
 
 
 def _run(workload: list[tuple[int, int, int, bool, int | None]], depth: int, fail: list[int],
-         max_batch: int, num_pages: int) -> Harness:
-    h = Harness(depth=depth, max_batch_size=max_batch, num_pages=num_pages, runner=FakeRunner(fail_launches=fail))
-    events: dict[int, list[tuple[str, object]]] = {}
-    for i, (arrive, n, image, lagging, abort_at) in enumerate(workload):
-        events.setdefault(arrive, []).append(("submit", (f"r{i}", n, image, lagging)))
+         max_batch: int, num_pages: int, prefix_cache_size: int = 0) -> Harness:
+    h = Harness(depth=depth, max_batch_size=max_batch, num_pages=num_pages, runner=FakeRunner(fail_launches=fail),
+                prefix_cache_size=prefix_cache_size)
+    events: dict[int, list[tuple[int, bool]]] = {}  # tick -> (request index, is an abort)
+    for i, (arrive, _, _, _, abort_at) in enumerate(workload):
+        events.setdefault(arrive, []).append((i, False))
         if abort_at is not None:
-            events.setdefault(arrive + abort_at, []).append(("abort", f"r{i}"))
+            events.setdefault(arrive + abort_at, []).append((i, True))
     last = max(events)
     for tick in range(last + 2000):
-        for kind, arg in events.get(tick, []):
-            if kind == "submit":
-                rid, n, image, lagging = arg  # type: ignore[misc]
-                h.submit(rid, max_outputs=n, image=f"i{image}", prompt=(image, n), lagging=lagging)
+        for i, abort in events.get(tick, []):
+            if abort:
+                h.abort(f"r{i}")
             else:
-                h.abort(arg)  # type: ignore[arg-type]
+                _, n, image, lagging, _ = workload[i]
+                h.submit(f"r{i}", max_outputs=n, image=f"i{image}", prompt=(image, n), lagging=lagging)
         h.tick()
         if tick > last and h.scheduler.pipeline.num_inflight == 0 and h.table.is_idle:
             break

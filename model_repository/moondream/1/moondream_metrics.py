@@ -30,6 +30,13 @@ _GAUGES = (
     ("batch_size_mean", "moonpipe_batch_size_mean", "Recent mean decode batch size"),
     ("pipeline_depth", "moonpipe_pipeline_depth", "Steps in flight (1 blocking, 2 pipelined)"),
     ("ready", "moonpipe_engine_ready", "1 while the engine accepts requests, 0 after a crash or at shutdown"),
+    ("prefix_cache_pages", "moonpipe_prefix_cache_pages", "KV pages held only by the prefix cache (freed on demand)"),
+    ("prefix_cache_entries", "moonpipe_prefix_cache_entries", "Images whose prefix KV is cached"),
+)
+# (EngineStats field, family name, help): cumulative engine counts exported as counters
+_COUNTERS = (
+    ("prefix_cache_hits", "moonpipe_prefix_cache_hits_total", "Requests admitted onto a cached image prefix"),
+    ("prefix_cache_misses", "moonpipe_prefix_cache_misses_total", "Requests that computed their image prefix (cache on)"),
 )
 
 
@@ -55,6 +62,8 @@ class Metrics:
         self.itl = metric("moonpipe_inter_token_latency_seconds", "Mean time between outputs, per request",
                           f.HISTOGRAM, buckets=_ITL_BUCKETS)
         self.gauges = {field: metric(name, help_text, f.GAUGE) for field, name, help_text in _GAUGES}
+        self.counters = {field: metric(name, help_text, f.COUNTER) for field, name, help_text in _COUNTERS}
+        self._counted = dict.fromkeys(self.counters, 0)
 
     def count_request(self, skill: str, finish_reason: str) -> None:
         key = (skill, finish_reason)
@@ -84,3 +93,8 @@ class Metrics:
     def export_stats(self, stats: EngineStats) -> None:
         for name, gauge in self.gauges.items():
             gauge.set(float(getattr(stats, name)))
+        for name, counter in self.counters.items():
+            total = int(getattr(stats, name))
+            if total > self._counted[name]:
+                counter.increment(total - self._counted[name])
+                self._counted[name] = total
