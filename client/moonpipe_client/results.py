@@ -225,9 +225,10 @@ class ResultBuilder:
             self.num_output_tokens = chunk.num_output_tokens
         self.done = self.done or chunk.final
 
-    def build(self) -> Result:
+    def build(self, finish_reason: str | None = None) -> Result:
+        """The result so far; ``finish_reason`` overrides the server's (a stream closed early)."""
         common: dict[str, Any] = {
-            "finish_reason": self.finish_reason or "stop",
+            "finish_reason": finish_reason or self.finish_reason or "stop",
             "num_input_tokens": self.num_input_tokens,
             "num_output_tokens": self.num_output_tokens,
         }
