@@ -1,4 +1,4 @@
-"""Moondream's own reference outputs (shared/golden/md2-tiny) reproduced *through the engine*:
+"""Moondream's own reference outputs (tests/data/golden/md2-tiny) reproduced *through the engine*:
 pipelined scheduler, paged KV, device sampling, constraints, at depth 1 and 2, alone and in
 a batch."""
 
@@ -18,8 +18,6 @@ from moonpipe.engine import Engine
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import load_model
 from moonpipe.request import Box, Point, Request
-
-pytestmark = pytest.mark.skipif(not GOLDEN_DIR.is_dir(), reason=f"goldens not found at {GOLDEN_DIR}")
 
 
 @pytest.fixture(scope="module")
