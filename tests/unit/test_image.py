@@ -198,3 +198,12 @@ def test_normalize_crops() -> None:
     assert x[1].eq(1.0).all() and x[0, :, 1:].eq(-1.0).all()
     assert x[0, :, 0, 0].tolist() == pytest.approx([-1.0, -0.6, 1.0])
     assert normalize_crops(crops, torch.bfloat16, "cpu").dtype == torch.bfloat16
+
+
+def test_too_many_pixels_says_how_to_resize_and_which_parameter_raises_the_limit() -> None:
+    data = _encode(Image.new("RGB", (300, 200)), "PNG")
+    with pytest.raises(InvalidRequest) as info:
+        decode_image(data, max_pixels=59_999)
+    message = str(info.value)
+    assert "thumbnail((244, 244))" in message  # a size that fits: isqrt(59999) on each side
+    assert "max_image_pixels" in message and "--param max_image_pixels=" in message
