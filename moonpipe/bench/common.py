@@ -20,9 +20,10 @@ from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import build_random_model
 from moonpipe.runtime.kv_cache import pages_needed
 
-__all__ = ["RESULTS_DIR", "bench_image", "build_bench_engine", "device_name", "slug"]
+__all__ = ["LOCAL_RESULTS_DIR", "RESULTS_DIR", "bench_image", "build_bench_engine", "device_name", "slug"]
 
-RESULTS_DIR = Path("bench/results")
+RESULTS_DIR = Path("bench/results")  # the committed results; runs write here only when asked
+LOCAL_RESULTS_DIR = Path("bench/out")  # untracked (.gitignore): where runs write by default
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
