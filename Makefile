@@ -12,6 +12,8 @@ PROJECTS := pyproject.toml $(wildcard client/pyproject.toml)
 # `make serve CHECKPOINT=/path/to/dir` (or MOONPIPE_CHECKPOINT=...) serves that checkpoint;
 # by default a synthetic tiny checkpoint is made in checkpoints/tiny.
 CHECKPOINT ?= $(MOONPIPE_CHECKPOINT)
+# `make serve PARAMS="max_batch_size=16 device=cpu"`: config.pbtxt parameters (--param each).
+PARAMS ?=
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
@@ -34,7 +36,8 @@ $(STAMP): $(REQUIREMENTS) $(PROJECTS) | $(PY)
 
 serve: setup
 	$(PY) -m moonpipe.cli serve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		$(addprefix --param ,$(PARAMS))
 
 RUFF := $(VENV)/bin/ruff check .
 MYPY := $(VENV)/bin/mypy moonpipe model_repository/moondream/1 $(wildcard client/moonpipe_client) tests

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--streams", type=_ints, default=[1, 8, 32], help="comma-separated stream counts (default 1,8,32)")
     p.add_argument("--tokens", type=int, default=128, help="output tokens per request (default 128)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of `streams` requests per measurement")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of `streams` requests per measurement (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="repeats per depth, alternating which goes first; medians are reported (default 5)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run eager on CUDA")
     p.add_argument("--cpu-worker", default="process", choices=["process", "thread"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,3 +80,21 @@ def test_bad_params_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixt
         main(argv)
     assert info.value.code == 2
     assert "--param" in capsys.readouterr().err
+
+
+def _options(parser: argparse.ArgumentParser, name: str) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _options(subparser, f"{name} {sub}")
+        elif action.option_strings and not isinstance(action, argparse._HelpAction):
+            yield f"{name} {action.option_strings[0]}", action
+
+
+def test_every_moonpipe_option_is_described_with_its_default() -> None:
+    from moonpipe.cli import build_parser
+
+    for where, action in _options(build_parser(), "moonpipe"):
+        assert action.help and len(action.help.split()) >= 3, f"{where}: no description"
+        if action.nargs != 0:
+            assert "default" in action.help, f"{where}: the help does not say the default"
