@@ -1,7 +1,7 @@
 """Run the Triton server bundled in the ``nvidia-pytriton`` wheel on this machine.
 
 Used by ``moonpipe serve``, the e2e test fixture and the benchmarks. It knows the
-gotchas of ``shared/docs/triton-local.md``:
+gotchas of running Triton outside its container:
 
 1. the Python-backend stub for this interpreter's version must sit next to
    ``libtriton_python.so`` (:func:`prepare_stub` copies it there);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run perf_analyzer against moonpipe's tritonserver: gRPC ``--streaming``, a concurrency sweep.
 
-    .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py            # full: windows per triton-local.md
+    .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py            # full: long windows, stable on 2 cores
     .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py --quick    # smoke: short windows, ~1 min
     .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py --url 127.0.0.1:8001 --skills caption,point
 

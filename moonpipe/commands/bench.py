@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "pipeline",
         help="blocking (depth 1) vs pipelined (depth 2) decode, the cost-model table",
         description="Runs the same greedy fixed-length workload through a depth-1 and a depth-2 "
-        "engine back to back on random weights of the chosen preset and prints the table of "
-        "shared/docs/background.md (columns defined in measuring.md).",
+        "engine back to back on random weights of the chosen preset and prints the "
+        "cost-model table (columns defined in docs/bench.md).",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--model", default=None, choices=["tiny", "small", "md2"],
