@@ -12,6 +12,8 @@ PROJECTS := pyproject.toml $(wildcard client/pyproject.toml)
 # `make serve CHECKPOINT=/path/to/dir` (or MOONPIPE_CHECKPOINT=...) serves that checkpoint;
 # by default a synthetic tiny checkpoint is made in checkpoints/tiny.
 CHECKPOINT ?= $(MOONPIPE_CHECKPOINT)
+# `make serve PARAMS="max_batch_size=16 device=cpu"`: config.pbtxt parameters (--param each).
+PARAMS ?=
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
@@ -34,7 +36,8 @@ $(STAMP): $(REQUIREMENTS) $(PROJECTS) | $(PY)
 
 serve: setup
 	$(PY) -m moonpipe.cli serve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		$(addprefix --param ,$(PARAMS))
 
 RUFF := $(VENV)/bin/ruff check .
 MYPY := $(VENV)/bin/mypy moonpipe model_repository/moondream/1 $(wildcard client/moonpipe_client) tests
@@ -60,21 +63,23 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # `make bench`: the CPU benchmarks on the tiny model (about 6 minutes on 2 cores); each writes
-# JSON + PNG under bench/results/ (docs/bench.md explains the columns). perf_analyzer and
-# the GPU run are separate commands (docs/bench.md).
+# JSON + PNG under bench/out/ (untracked; docs/bench.md explains the columns).
+# `make bench BENCH_FLAGS=--update-results` writes into bench/results/, the committed results.
+# perf_analyzer and the GPU run are separate commands (docs/bench.md).
 BENCH_PIPELINE_ARGS ?= --streams 1,8,32
 BENCH_TRITON_ARGS ?= --streams 1,8 --requests 32 --tokens 32
 BENCH_SHORT_ARGS ?= --concurrency 1,16 --requests 16
+BENCH_FLAGS ?=
 
 .PHONY: bench
 
 bench: setup
 	@echo "== [1/3] moonpipe bench pipeline (blocking vs pipelined decode) =="
-	$(PY) -m moonpipe.cli bench pipeline $(BENCH_PIPELINE_ARGS)
+	$(PY) -m moonpipe.cli bench pipeline $(BENCH_PIPELINE_ARGS) $(BENCH_FLAGS)
 	@echo "== [2/3] moonpipe bench triton (in-process vs tritonserver over gRPC streaming) =="
-	$(PY) -m moonpipe.cli bench triton $(BENCH_TRITON_ARGS)
+	$(PY) -m moonpipe.cli bench triton $(BENCH_TRITON_ARGS) $(BENCH_FLAGS)
 	@echo "== [3/3] moonpipe bench short (many short requests, repeated vs unique images) =="
-	$(PY) -m moonpipe.cli bench short $(BENCH_SHORT_ARGS)
+	$(PY) -m moonpipe.cli bench short $(BENCH_SHORT_ARGS) $(BENCH_FLAGS)
 
 # `make reliability`: the reliability suite (tests/reliability, marker `reliability`: bad
 # input, cancellation storm, 60 s soak, faults, shutdown) against real tritonservers;

@@ -2,7 +2,7 @@
 
 One dataclass per layer. Model sections use the field names of Moondream's reference
 ``MoondreamConfig`` (text / vision / region / tokenizer) so a ``config.json`` written for
-the reference (as in ``shared/golden/md2-tiny``) loads unchanged. Defaults are the real
+the reference (as in ``tests/data/golden/md2-tiny``) loads unchanged. Defaults are the real
 moondream2 sizes (a real snapshot directory without ``config.json`` loads as full size).
 """
 

@@ -33,6 +33,7 @@ from moonpipe.errors import (
     InvalidRequest,
     QueueFull,
     RequestTooLarge,
+    raise_limit_hint,
 )
 from moonpipe.model.image import decode_image, overlap_crops
 from moonpipe.model.moondream import MoondreamModel
@@ -169,7 +170,8 @@ class Engine:
     def _prepare(self, request: Request, sink: Sink) -> Sequence:
         cfg, text = self.config, self.model_config.text
         if len(request.image) > cfg.max_image_bytes:
-            raise InvalidRequest(f"IMAGE: {len(request.image)} bytes is over the limit of {cfg.max_image_bytes}")
+            raise InvalidRequest(f"IMAGE: {len(request.image)} bytes is over the limit of {cfg.max_image_bytes}; "
+                                 f"send it smaller (JPEG, fewer pixels), {raise_limit_hint('max_image_bytes')}")
         key = image_key(bytes(request.image))
         crops: np.ndarray | None = None
         tiling = (1, 1)

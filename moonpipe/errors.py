@@ -16,7 +16,14 @@ __all__ = [
     "QueueFull",
     "RequestFailed",
     "RequestTooLarge",
+    "raise_limit_hint",
 ]
+
+
+def raise_limit_hint(parameter: str) -> str:
+    """How a user raises the server limit ``parameter`` (a ``config.pbtxt`` parameter)."""
+    return (f"or raise the server's {parameter} (moonpipe serve --param {parameter}=N; "
+            f"MOONPIPE_PARAM_{parameter}=N for the container)")
 
 
 class EngineError(Exception):

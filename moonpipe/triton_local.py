@@ -1,7 +1,7 @@
 """Run the Triton server bundled in the ``nvidia-pytriton`` wheel on this machine.
 
 Used by ``moonpipe serve``, the e2e test fixture and the benchmarks. It knows the
-gotchas of ``shared/docs/triton-local.md``:
+gotchas of running Triton outside its container:
 
 1. the Python-backend stub for this interpreter's version must sit next to
    ``libtriton_python.so`` (:func:`prepare_stub` copies it there);
@@ -46,6 +46,7 @@ __all__ = [
     "build_command",
     "find_triton_root",
     "free_port",
+    "port_in_use",
     "prepare_stub",
     "server_environment",
     "stale_shm_regions",
@@ -97,6 +98,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on (or holds) TCP ``port`` of ``host``; what
+    tritonserver's own bind would run into (``SO_REUSEADDR`` set as servers do, so a port
+    in ``TIME_WAIT`` counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def server_environment(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None,

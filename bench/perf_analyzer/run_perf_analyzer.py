@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run perf_analyzer against moonpipe's tritonserver: gRPC ``--streaming``, a concurrency sweep.
 
-    .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py            # full: windows per triton-local.md
+    .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py            # full: long windows, stable on 2 cores
     .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py --quick    # smoke: short windows, ~1 min
     .venv/bin/python bench/perf_analyzer/run_perf_analyzer.py --url 127.0.0.1:8001 --skills caption,point
 
@@ -13,7 +13,8 @@ always ``MAX_TOKENS`` tokens); run perf_analyzer once per skill with
 ``--profile-export-file``; derive TTFT and inter-token latency from the export. The raw
 exports (large: they echo every input) go to ``--exports`` (default ``build/perf_analyzer/``,
 git-ignored) with perf_analyzer's own log; the derived table goes to
-``--out`` (default ``bench/results/perf_analyzer-summary.json``).
+``--out`` (default ``bench/out/perf_analyzer-summary.json``, untracked; with
+``--update-results`` ``bench/results/``, the committed results).
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def run_one(binary: Path, libs: Path, url: str, skill: str, data: Path, levels: 
     return proc.returncode
 
 
+def summary_path(out: Path | None, update: bool) -> Path:
+    """Where the summary goes: ``--out``, else the untracked or (``update``) committed folder."""
+    from moonpipe.bench.common import LOCAL_RESULTS_DIR, RESULTS_DIR
+
+    return out or ROOT / (RESULTS_DIR if update else LOCAL_RESULTS_DIR) / "perf_analyzer-summary.json"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="", help="a running server's gRPC host:port (default: start one)")
@@ -97,10 +105,14 @@ def main() -> int:
     ap.add_argument("--stability-percentage", type=int, default=25, help="allowed spread across 3 windows")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1500 ms windows, 4 trials, 50%% stability")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per perf_analyzer run")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "perf_analyzer-summary.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="summary JSON (default bench/out/perf_analyzer-summary.json, untracked)")
+    ap.add_argument("--update-results", action="store_true",
+                    help="write the summary into bench/results/, the committed results")
     ap.add_argument("--exports", type=Path, default=ROOT / "build" / "perf_analyzer")
     ap.add_argument("--tools", type=Path, default=ROOT / ".tools")
     args = ap.parse_args()
+    args.out = summary_path(args.out, args.update_results)
     if args.quick:
         args.measurement_interval, args.max_trials, args.stability_percentage = 1500, 4, 50
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]

@@ -26,8 +26,9 @@ from moonpipe_client.client import (
     extract_points,
     extract_text,
 )
+from moonpipe_client.connection import Connection, Headers, PemInput
 from moonpipe_client.images import ImageInput, encode_image
-from moonpipe_client.protocol import CHANNEL_OPTIONS, MODEL_NAME, Settings, build_request
+from moonpipe_client.protocol import MODEL_NAME, Settings, build_request
 from moonpipe_client.results import (
     Answer,
     Box,
@@ -46,21 +47,26 @@ __all__ = ["AsyncClient"]
 class AsyncClient:
     """A moonpipe server client for asyncio; use one per event loop (``async with``).
 
-    Same methods and errors as :class:`~moonpipe_client.Client`. The gRPC channel opens
-    lazily inside the running loop and is closed by :meth:`close`.
+    Same methods, connection options (TLS, headers) and errors as
+    :class:`~moonpipe_client.Client`. The gRPC channel opens lazily inside the running loop
+    and is closed by :meth:`close`.
     """
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float | None = DEFAULT_TIMEOUT, *,
-                 model_name: str = MODEL_NAME) -> None:
+                 model_name: str = MODEL_NAME, tls: bool | None = None, ca_cert: PemInput | None = None,
+                 client_cert: PemInput | None = None, client_key: PemInput | None = None,
+                 headers: Headers | None = None) -> None:
         self.url = url
         self.timeout = check_timeout(timeout)
         self.model_name = model_name
+        self.connection = Connection.create(url, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
+                                            client_key=client_key, headers=headers)
         self._channel: grpc.aio.Channel | None = None
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
 
     def _get_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.url, options=list(CHANNEL_OPTIONS))
+            self._channel = self.connection.aio_channel()
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub
 
@@ -73,7 +79,7 @@ class AsyncClient:
         def start() -> Any:
             # A one-item request iterator: the client half-closes after it and Triton still
             # sends every response before it ends the call.
-            return self._get_stub().ModelStreamInfer(iter([request]), timeout=self.timeout)
+            return self._get_stub().ModelStreamInfer(iter([request]), **self.connection.call_options(self.timeout))
 
         return AsyncStream(start, ResultBuilder(skill, stream), extract, self.url)
 
@@ -87,7 +93,8 @@ class AsyncClient:
         """Whether the server answers and the model is loaded (never raises)."""
         try:
             reply = await self._get_stub().ModelReady(
-                service_pb2.ModelReadyRequest(name=self.model_name), timeout=self.timeout or DEFAULT_TIMEOUT
+                service_pb2.ModelReadyRequest(name=self.model_name),
+                **self.connection.call_options(self.timeout or DEFAULT_TIMEOUT),
             )
         except grpc.RpcError:
             return False

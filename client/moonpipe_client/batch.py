@@ -21,7 +21,7 @@ from moonpipe_client.aio import AsyncClient
 from moonpipe_client.errors import MoonpipeError
 from moonpipe_client.results import Result
 
-__all__ = ["IMAGE_SUFFIXES", "BatchSummary", "Progress", "find_images", "run_batch"]
+__all__ = ["IMAGE_SUFFIXES", "BatchSummary", "Progress", "find_images", "image_name", "run_batch"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
@@ -29,6 +29,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively, by suffix), sorted."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_name(path: Path, root: Path) -> str:
+    """How a batch line names ``path``: relative to the folder ``root``, with ``/``."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +74,7 @@ class Progress:
 def _line(image: str, result: Result | None, error: Exception | None) -> str:
     record: dict[str, Any] = {"image": image}
     if result is not None:
-        record.update(result.to_dict())
-        record["finish_reason"] = result.finish_reason
+        record.update(result.to_record())
     else:
         assert error is not None  # exactly one of result / error
         record["error"] = {"type": type(error).__name__, "message": str(error)}
@@ -116,8 +120,7 @@ async def run_batch(client: AsyncClient, skill: str, images: Sequence[Path], roo
                 result = await _run_one(client, skill, path, text, options)
             except MoonpipeError as exc:
                 error = exc
-            name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-            out.write(_line(name, result, error) + "\n")
+            out.write(_line(image_name(path, root), result, error) + "\n")
             out.flush()
             counts[error is not None] += 1
             if progress is not None:

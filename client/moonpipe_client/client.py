@@ -14,8 +14,9 @@ from typing import Any, Literal, overload
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from moonpipe_client.connection import Connection, Headers, PemInput
 from moonpipe_client.images import ImageInput, encode_image
-from moonpipe_client.protocol import CHANNEL_OPTIONS, MODEL_NAME, Settings, build_request
+from moonpipe_client.protocol import MODEL_NAME, Settings, build_request
 from moonpipe_client.results import (
     Answer,
     Box,
@@ -74,19 +75,27 @@ def check_timeout(timeout: float | None) -> float | None:
 class Client:
     """A moonpipe server client over gRPC (sync; thread-safe).
 
-    ``url`` is the server's gRPC address ``host:port``; ``timeout`` (seconds, None for no
-    limit) bounds each whole request, streaming ones included. Errors are the typed
-    exceptions of :mod:`moonpipe_client.errors`: ``InvalidRequest``, ``ServerUnavailable``
+    ``url`` is the server's gRPC address ``host:port`` (``http://`` and ``https://`` in
+    front are accepted; https means TLS); ``timeout`` (seconds, None for no limit) bounds
+    each whole request, streaming ones included. TLS: ``tls=True`` (system root
+    certificates), ``ca_cert`` for a private CA, ``client_cert`` + ``client_key`` for mutual
+    TLS (PEM paths or bytes). ``headers`` (``{"authorization": "Bearer ..."}``) are sent as
+    gRPC metadata with every call. Errors are the typed exceptions of
+    :mod:`moonpipe_client.errors`: ``InvalidRequest``, ``ServerUnavailable``
     (``ConnectionFailed`` when the server cannot be reached), ``RequestTimeout``,
-    ``Cancelled``, ``ServerError``.
+    ``Cancelled``, ``ServerError``; bad connection options raise ``ValueError``.
     """
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float | None = DEFAULT_TIMEOUT, *,
-                 model_name: str = MODEL_NAME) -> None:
+                 model_name: str = MODEL_NAME, tls: bool | None = None, ca_cert: PemInput | None = None,
+                 client_cert: PemInput | None = None, client_key: PemInput | None = None,
+                 headers: Headers | None = None) -> None:
         self.url = url
         self.timeout = check_timeout(timeout)
         self.model_name = model_name
-        self._channel = grpc.insecure_channel(url, options=list(CHANNEL_OPTIONS))
+        self.connection = Connection.create(url, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
+                                            client_key=client_key, headers=headers)
+        self._channel = self.connection.channel()
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -95,14 +104,14 @@ class Client:
               extract: Extract) -> Stream[Any, Any]:
         request = build_request(skill, encode_image(image), prompt, stream=stream, settings=settings,
                                 model_name=self.model_name)
-        call = self._stub.ModelStreamInfer(iter([request]), timeout=self.timeout)
+        call = self._stub.ModelStreamInfer(iter([request]), **self.connection.call_options(self.timeout))
         return Stream(call, ResultBuilder(skill, stream), extract, self.url)
 
     def is_ready(self) -> bool:
         """Whether the server answers and the model is loaded (never raises)."""
         try:
             reply = self._stub.ModelReady(service_pb2.ModelReadyRequest(name=self.model_name),
-                                          timeout=self.timeout or DEFAULT_TIMEOUT)
+                                          **self.connection.call_options(self.timeout or DEFAULT_TIMEOUT))
         except grpc.RpcError:
             return False
         return bool(reply.ready)

@@ -1,4 +1,5 @@
-"""Pictures of results: points as dots, boxes as rectangles, segments as outlines (Pillow).
+"""Pictures of results: points as dots, boxes as rectangles, segments as filled outlines,
+each with a numbered tag (Pillow).
 
 Coordinates in results are fractions of the image size; they are scaled to pixels here.
 A segment's SVG path is read by :func:`parse_svg_path` (M/L/H/V/C/S/Q/T/A/Z, absolute and
@@ -13,7 +14,7 @@ import re
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moonpipe_client.images import ImageInput, open_image
 from moonpipe_client.results import Box, Detection, Points, Result, Segment
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOX_COLOR",
+    "DARK_HALO",
+    "FILL_ALPHA",
+    "LIGHT_HALO",
     "OUTLINE_COLOR",
     "POINT_COLOR",
     "draw_result",
@@ -30,9 +34,13 @@ __all__ = [
     "segment_outline",
 ]
 
-POINT_COLOR = (255, 40, 40)
-BOX_COLOR = (40, 120, 255)
-OUTLINE_COLOR = (40, 220, 80)
+RGB = tuple[int, int, int]
+POINT_COLOR: RGB = (255, 40, 40)
+BOX_COLOR: RGB = (40, 120, 255)
+OUTLINE_COLOR: RGB = (40, 220, 80)
+DARK_HALO: RGB = (0, 0, 0)  # the edges around a stroke over light parts of the image
+LIGHT_HALO: RGB = (255, 255, 255)  # ... over dark parts
+FILL_ALPHA = 90  # of 255: how strongly a segment's inside is tinted
 _VIEWBOX = 960.0
 _CURVE_STEPS = 12
 _TOKEN_RE = re.compile(r"[MmLlHhVvCcSsQqTtAaZz]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -148,37 +156,118 @@ def _box_pixels(box: Box, width: int, height: int) -> tuple[float, float, float,
     return x0, y0, x1, y1
 
 
-def draw_result(image: ImageInput, result: Result, out: str | Path | None = None) -> Image.Image:
+class _Pen:
+    """Strokes and labels sized to the image: a coloured core between edges (a halo) that
+    contrast with the image under the mark (dark on light areas, light on dark ones), so
+    every mark shows on light, dark and same-coloured backgrounds."""
+
+    def __init__(self, canvas: Image.Image) -> None:
+        from PIL import ImageDraw, ImageFont
+
+        self.canvas = canvas
+        short_side = min(canvas.size)
+        self.width = max(4, round(short_side / 100))  # the coloured core
+        self.edge = max(2, self.width // 2)  # the halo on each side of it
+        self.radius = max(4, round(short_side / 60))
+        self.draw = ImageDraw.Draw(canvas)
+        size = max(11, round(short_side / 30))
+        try:
+            self.font: Any = ImageFont.load_default(size=size)
+        except (OSError, ValueError, TypeError):  # Pillow without FreeType: the fixed bitmap font
+            self.font = ImageFont.load_default()
+
+    def halo(self, area: tuple[float, float, float, float]) -> RGB:
+        """The edge colour for a mark over ``area`` (x0, y0, x1, y1) of the image."""
+        from PIL import ImageStat
+
+        x0, y0, x1, y1 = (max(0, round(v)) for v in area)
+        region = self.canvas.crop((x0, y0, max(x0 + 1, x1), max(y0 + 1, y1))).convert("L")
+        return DARK_HALO if ImageStat.Stat(region).mean[0] > 110 else LIGHT_HALO
+
+    def rectangle(self, box: tuple[float, float, float, float], color: RGB) -> None:
+        x0, y0, x1, y1 = box
+        e = self.edge
+        halo = self.halo((x0 - e, y0 - e, x1 + e, y1 + e))
+        self.draw.rectangle((x0 - e, y0 - e, x1 + e, y1 + e), outline=halo, width=self.width + 2 * e)
+        self.draw.rectangle((x0, y0, x1, y1), outline=color, width=self.width)
+
+    def line(self, points: list[XY], color: RGB) -> None:
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        halo = self.halo((min(xs), min(ys), max(xs) + 1, max(ys) + 1))
+        self.draw.line(points, fill=halo, width=self.width + 2 * self.edge, joint="curve")
+        self.draw.line(points, fill=color, width=self.width, joint="curve")
+
+    def dot(self, cx: float, cy: float, color: RGB) -> None:
+        r, e = self.radius, self.edge
+        halo = self.halo((cx - r - e, cy - r - e, cx + r + e, cy + r + e))
+        self.draw.ellipse((cx - r - e, cy - r - e, cx + r + e, cy + r + e), fill=halo)
+        self.draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
+
+    def label(self, text: str, x: float, y: float, color: RGB) -> None:
+        """``text`` on a tag of ``color`` whose bottom-left corner is (x, y), kept inside the
+        image (below ``y`` when there is no room above)."""
+        left, top, right, bottom = self.draw.textbbox((0, 0), text, font=self.font)
+        pad = max(2, self.edge)
+        w, h = right - left + 2 * pad, bottom - top + 2 * pad
+        x = min(max(0.0, x), max(0.0, self.canvas.width - w))
+        y = y - h if y - h >= 0 else min(y, max(0.0, self.canvas.height - h))
+        self.draw.rectangle((x, y, x + w, y + h), fill=color, outline=self.halo((x, y, x + w, y + h)), width=1)
+        ink = DARK_HALO if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else LIGHT_HALO
+        self.draw.text((x + pad - left, y + pad - top), text, fill=ink, font=self.font)
+
+    def fill(self, polygons: list[list[XY]], color: RGB) -> None:
+        """Fill closed ``polygons`` with ``color`` at ``FILL_ALPHA``: the image shows through."""
+        from PIL import Image, ImageDraw
+
+        overlay = Image.new("RGBA", self.canvas.size, (0, 0, 0, 0))
+        shade = ImageDraw.Draw(overlay)
+        for polygon in polygons:
+            shade.polygon(polygon, fill=(*color, FILL_ALPHA))
+        blended = Image.alpha_composite(self.canvas.convert("RGBA"), overlay).convert(self.canvas.mode)
+        self.canvas.paste(blended)
+
+
+def draw_result(image: ImageInput, result: Result, out: str | Path | None = None, *,
+                label: str | None = None) -> Image.Image:
     """``image`` (any accepted input) with ``result`` drawn over it; saved as PNG to ``out``.
 
-    Points are filled dots (``POINT_COLOR``, white rim), boxes rectangles (``BOX_COLOR``),
-    segment outlines lines (``OUTLINE_COLOR``) with their box. Raises ``ValueError`` for
-    text results (caption, answer), which have nothing to draw.
+    Points are dots (``POINT_COLOR``), boxes rectangles (``BOX_COLOR``), segments their
+    outline (``OUTLINE_COLOR``, closed outlines filled translucent) and their box; every
+    stroke has edges that contrast with the image under it, so it shows on any background. Each object gets a tag with
+    ``label`` (the object's name) and its number: ``cup 1``, ``cup 2``. Raises
+    ``ValueError`` for text results (caption, answer), which have nothing to draw.
     """
-    from PIL import ImageDraw
-
     if not isinstance(result, (Points, Detection, Segment)):
         raise ValueError(f"nothing to draw for a {type(result).__name__} result; "
                          "draw works with point, detect and segment results")
     canvas = open_image(image).copy()
+    if canvas.mode not in ("RGB", "RGBA"):
+        canvas = canvas.convert("RGB")
     width, height = canvas.size
-    line_width = max(2, round(min(width, height) / 200))
-    radius = max(3, round(min(width, height) / 80))
-    pen = ImageDraw.Draw(canvas)
+    pen = _Pen(canvas)
+
+    def tag(index: int) -> str:
+        return f"{label} {index}" if label else str(index)
+
     if isinstance(result, Points):
-        for point in result.points:
+        for i, point in enumerate(result.points, start=1):
             cx, cy = point.x * width, point.y * height
-            pen.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=POINT_COLOR,
-                        outline=(255, 255, 255), width=1)
+            pen.dot(cx, cy, POINT_COLOR)
+            pen.label(tag(i), cx + pen.radius + pen.edge, cy - pen.radius, POINT_COLOR)
     elif isinstance(result, Detection):
-        for box in result.objects:
-            pen.rectangle(_box_pixels(box, width, height), outline=BOX_COLOR, width=line_width)
+        for i, box in enumerate(result.objects, start=1):
+            pixels = _box_pixels(box, width, height)
+            pen.rectangle(pixels, BOX_COLOR)
+            pen.label(tag(i), pixels[0] - pen.edge, pixels[1] - pen.edge, BOX_COLOR)
     else:
+        lines = [[(x * width, y * height) for x, y in line] for line in segment_outline(result)]
+        pen.fill([line for line in lines if len(line) >= 3 and line[0] == line[-1]], OUTLINE_COLOR)
+        for line in lines:
+            pen.line(line, OUTLINE_COLOR)
         if result.bbox is not None:
-            pen.rectangle(_box_pixels(result.bbox, width, height), outline=BOX_COLOR, width=1)
-        for line in segment_outline(result):
-            pen.line([(x * width, y * height) for x, y in line], fill=OUTLINE_COLOR,
-                     width=line_width, joint="curve")
+            pixels = _box_pixels(result.bbox, width, height)
+            pen.draw.rectangle(pixels, outline=BOX_COLOR, width=1)
+            pen.label(tag(1), pixels[0], pixels[1], OUTLINE_COLOR)
     if out is not None:
         canvas.save(out, format="PNG")
     return canvas

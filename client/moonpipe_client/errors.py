@@ -19,6 +19,7 @@ __all__ = [
     "RequestTimeout",
     "ServerError",
     "ServerUnavailable",
+    "connection_hint",
     "error_from_grpc",
     "error_from_message",
 ]
@@ -102,20 +103,48 @@ def error_from_message(message: str) -> MoonpipeError:
     return _BY_PREFIX[match.group(1)](message[match.end():].strip())
 
 
+# Triton's other default ports, and what gRPC reports when the peer is no gRPC server
+# (an HTTP/1 server, or a TLS-only one spoken to in plain text) or the TLS handshake fails.
+_TRITON_PORTS = {"8000": "HTTP", "8002": "metrics"}
+_NOT_GRPC = ("socket closed", "failed parsing http/2", "http1.x", "connection reset")
+_TLS_FAILED = ("handshake", "ssl", "certificate")
+
+
+def connection_hint(url: str, details: str) -> str:
+    """What to check when ``url`` cannot be reached (``details``: gRPC's reason)."""
+    port = url.rstrip("/").rsplit(":", 1)[-1]
+    reason = details.lower()
+    if port in _TRITON_PORTS:
+        return (f"{port} is Triton's {_TRITON_PORTS[port]} port; moonpipe-client speaks gRPC, "
+                "Triton's gRPC port is 8001 by default (`moonpipe serve` prints it)")
+    if "restricted" in reason and "header" in reason:
+        return ("the server admits only calls that carry the header it names: give it with "
+                "--header 'NAME: VALUE' (headers= in Python)")
+    if any(s in reason for s in _TLS_FAILED):
+        return ("the TLS handshake failed: check https:// / --tls against the server's setting, "
+                "and --ca-cert for a private certificate authority")
+    if any(s in reason for s in _NOT_GRPC):
+        return ("what answered there does not speak plain gRPC: Triton's HTTP port (8000 by "
+                "default) or metrics port (8002)? Use its gRPC port (8001 by default; `moonpipe "
+                "serve` prints it); a server that wants TLS needs https:// or --tls")
+    return "is tritonserver running, and is this its gRPC port (8001 by default)?"
+
+
 def error_from_grpc(status: str | None, details: str, url: str) -> MoonpipeError:
     """The typed error for a failed gRPC call; ``status`` is a ``StatusCode`` name or None.
 
     Messages of the server's own errors keep their prefix even when a status is present,
-    so the prefix wins; otherwise the status decides.
+    so the prefix wins; otherwise the status decides. Transport failures (UNAVAILABLE,
+    DEADLINE_EXCEEDED) always follow the status: gRPC's own reason may contain
+    ``last error: UNAVAILABLE: ...``, which is not the server speaking.
     """
-    if status is None or _PREFIX_RE.search(details):
+    name = None if status is None else status.rsplit(".", 1)[-1]  # "StatusCode.X" -> "X"
+    if name is None or (name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and _PREFIX_RE.search(details)):
         return error_from_message(details)
-    name = status.rsplit(".", 1)[-1]  # "StatusCode.UNAVAILABLE" -> "UNAVAILABLE"
     kind = _BY_GRPC_STATUS.get(name, ServerError)
     if kind is ConnectionFailed:
         return ConnectionFailed(
-            f"cannot reach the moonpipe server at {url}: {details.strip()} "
-            "(is tritonserver running and is the gRPC port right?)"
+            f"cannot reach the moonpipe server at {url}: {details.strip()} ({connection_hint(url, details)})"
         )
     if kind is RequestTimeout:
         return RequestTimeout(f"no complete answer from {url} within the timeout ({details.strip()})")

@@ -5,7 +5,7 @@ per request, holding one request), because the model is *decoupled*: it answers 
 number of responses. Every request sets the parameter
 ``triton_enable_empty_final_response`` so that the server marks the last response with
 ``triton_final_response`` (tritonclient's asyncio ``stream_infer`` drops that option; see
-triton-local.md gotcha 7). An error response also ends the request; its message carries
+docs/client.md). An error response also ends the request; its message carries
 a stable prefix, because streaming drops Triton's error codes.
 """
 

@@ -1,8 +1,8 @@
 """Typed results of the five skills and the parsing of the server's output tensors.
 
 Each result is a frozen dataclass with ``finish_reason`` (``stop``, ``length``,
-``cancelled``, ``error``) and token counts, and ``to_dict()`` gives the JSON shape
-Moondream users know: ``{"caption": ...}``, ``{"answer": ...}``,
+``cancelled``, ``error``) and token counts (``to_record()`` adds them to the JSON), and
+``to_dict()`` gives the JSON shape Moondream users know: ``{"caption": ...}``, ``{"answer": ...}``,
 ``{"points": [{"x", "y"}]}``, ``{"objects": [{"x_min", "y_min", "x_max", "y_max"}]}``,
 ``{"segments": [{"path", "bbox": {...}}]}``. Coordinates are fractions of the image
 width/height, in [0, 1].
@@ -72,6 +72,16 @@ class _Finished:
     finish_reason: str = "stop"
     num_input_tokens: int = 0
     num_output_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result in Moondream's JSON shape (each skill's own)."""
+        raise NotImplementedError
+
+    def to_record(self) -> dict[str, Any]:
+        """``to_dict()`` plus ``finish_reason``, ``num_input_tokens`` and ``num_output_tokens``
+        (what ``moonpipe-client --json`` prints and a batch writes per image)."""
+        return {**self.to_dict(), "finish_reason": self.finish_reason,
+                "num_input_tokens": self.num_input_tokens, "num_output_tokens": self.num_output_tokens}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,9 +235,10 @@ class ResultBuilder:
             self.num_output_tokens = chunk.num_output_tokens
         self.done = self.done or chunk.final
 
-    def build(self) -> Result:
+    def build(self, finish_reason: str | None = None) -> Result:
+        """The result so far; ``finish_reason`` overrides the server's (a stream closed early)."""
         common: dict[str, Any] = {
-            "finish_reason": self.finish_reason or "stop",
+            "finish_reason": finish_reason or self.finish_reason or "stop",
             "num_input_tokens": self.num_input_tokens,
             "num_output_tokens": self.num_output_tokens,
         }

@@ -5,7 +5,9 @@ Both yield *items* (text deltas for caption/query, :class:`Point`/:class:`Box` o
 they complete for point/detect) and, once exhausted, hold the full typed result in
 ``result``. Closing one before the end (``close()``/``aclose()``, leaving a ``with``
 block, or dropping the last reference) cancels the gRPC call, which makes the server
-cancel the request (``response_sender.is_cancelled()`` turns true).
+cancel the request (``response_sender.is_cancelled()`` turns true); ``result`` then holds
+what had arrived, with ``finish_reason`` ``cancelled`` (token counts are 0: the server
+sends them only with the final response).
 
 After the final response both wait (at most ``END_WAIT_S``) for the server to end the
 gRPC call before they hand out the last items. The server ends it right away (the request
@@ -82,8 +84,18 @@ class _StreamState(Generic[T, R]):
 
     @property
     def result(self) -> R | None:
-        """The complete typed result, once the final response arrived; None before."""
+        """The complete typed result once the final response arrived, the partial one
+        (``finish_reason`` ``cancelled``) once the stream was closed early; None before
+        either, and after a failure."""
         return self._result
+
+    def _close_early(self, call: Any) -> None:
+        """Cancel ``call`` if the request is still running and keep what arrived so far."""
+        if not self.done:
+            if call is not None:
+                call.cancel()
+            self._result = cast(R, self._builder.build(finish_reason="cancelled"))
+        self._closed = True
 
 
 class Stream(_StreamState[T, R], Iterator[T]):
@@ -129,10 +141,9 @@ class Stream(_StreamState[T, R], Iterator[T]):
         return self._result
 
     def close(self) -> None:
-        """Stop reading; if the request is still running, cancel it on the server."""
-        if not self.done:
-            self._call.cancel()
-        self._closed = True
+        """Stop reading; if the request is still running, cancel it on the server
+        (``result`` becomes the partial result)."""
+        self._close_early(self._call)
 
     def __enter__(self) -> Stream[T, R]:
         return self
@@ -206,9 +217,7 @@ class AsyncStream(_StreamState[T, R], AsyncIterator[T]):
 
     def cancel(self) -> None:
         """Synchronous form of :meth:`aclose` (safe from ``__del__`` and callbacks)."""
-        if not self.done and self._call is not None:
-            self._call.cancel()
-        self._closed = True
+        self._close_early(self._call)
 
     async def __aenter__(self) -> AsyncStream[T, R]:
         return self

@@ -19,9 +19,11 @@ from moonpipe.model.synth_tokenizer import build_tokenizer
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import build_random_model
 
-__all__ = ["RESULTS_DIR", "bench_image", "build_bench_engine", "device_name", "slug"]
+__all__ = ["LOCAL_RESULTS_DIR", "RESULTS_DIR", "bench_image", "build_bench_engine", "device_name", "slug"]
 
-RESULTS_DIR = Path("bench/results")
+RESULTS_DIR = Path("bench/results")  # the committed results; runs write here only when asked
+LOCAL_RESULTS_DIR = Path("bench/out")  # untracked (.gitignore): where runs write by default
+
 
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():

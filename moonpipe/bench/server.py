@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from moonpipe.model.checkpoint import CHECKPOINT_FILES, ensure_checkpoint
 from moonpipe.model.weights import WEIGHTS_FILE
+from moonpipe.repository import render, set_parameter
 from moonpipe.triton_local import TritonServer, free_port
 
 __all__ = [
@@ -56,27 +56,10 @@ def fixed_length_checkpoint(out_dir: Path, *, preset: str = "tiny",
     return out_dir
 
 
-def set_parameter(config_text: str, key: str, value: str) -> str:
-    """``config.pbtxt`` text with parameter ``key`` set to ``value`` (added if absent)."""
-    pattern = re.compile(r'(parameters:\s*\{\s*key:\s*"' + re.escape(key)
-                         + r'"\s*value:\s*\{\s*string_value:\s*)"[^"]*"')
-    new, count = pattern.subn(lambda m: f'{m.group(1)}"{value}"', config_text)
-    if count:
-        return new
-    return config_text.rstrip("\n") + f'\nparameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-
-
 def bench_model_repository(out_dir: Path, checkpoint: Path, parameters: Mapping[str, str],
                            source: Path = MODEL_REPOSITORY) -> Path:
     """Copy ``source`` to ``out_dir`` with ``checkpoint`` and ``parameters`` set for every model."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    shutil.copytree(source, out_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for config in out_dir.glob("*/config.pbtxt"):
-        text = set_parameter(config.read_text(), "checkpoint", str(checkpoint.resolve()))
-        for key, value in parameters.items():
-            text = set_parameter(text, key, value)
-        config.write_text(text)
+    render(source, out_dir, {"checkpoint": str(checkpoint.resolve()), **parameters})
     return out_dir
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["output_path", "register"]
 
 
 def _ints(text: str) -> list[int]:
@@ -22,6 +22,24 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def output_path(args: argparse.Namespace, name: str) -> Path:
+    """Where a run saves its JSON: ``--json``, else ``bench/out/`` (untracked), or
+    ``bench/results/`` (the committed results) with ``--update-results``."""
+    from moonpipe.bench.common import LOCAL_RESULTS_DIR, RESULTS_DIR
+
+    folder = RESULTS_DIR if args.update_results else LOCAL_RESULTS_DIR
+    return Path(args.json) if args.json else folder / f"{name}.json"
+
+
+def _output_options(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--json", type=Path, default=None,
+                   help=f"output JSON path (default bench/out/{name}.json, untracked)")
+    p.add_argument("--plot", type=Path, default=None, help="output PNG path (default: next to the JSON)")
+    p.add_argument("--update-results", action="store_true",
+                   help="write into bench/results/, the committed results the docs show, instead of "
+                        "the untracked bench/out/")
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = sub.add_parser("bench", help="run a benchmark (prints a table, saves JSON and a plot)")
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
@@ -29,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "pipeline",
         help="blocking (depth 1) vs pipelined (depth 2) decode, the cost-model table",
         description="Runs the same greedy fixed-length workload through a depth-1 and a depth-2 "
-        "engine back to back on random weights of the chosen preset and prints the table of "
-        "shared/docs/background.md (columns defined in measuring.md).",
+        "engine back to back on random weights of the chosen preset and prints the "
+        "cost-model table (columns defined in docs/bench.md).",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--model", default=None, choices=["tiny", "small", "md2"],
@@ -38,21 +56,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--streams", type=_ints, default=[1, 8, 32], help="comma-separated stream counts (default 1,8,32)")
     p.add_argument("--tokens", type=int, default=128, help="output tokens per request (default 128)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of `streams` requests per measurement")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of `streams` requests per measurement (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="repeats per depth, alternating which goes first; medians are reported (default 5)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run eager on CUDA")
     p.add_argument("--cpu-worker", default="process", choices=["process", "thread"],
                    help="CPU compute worker: a process (its own interpreter and core, the default) "
                    "or a thread (shares the GIL with the scheduler: measures contention)")
-    p.add_argument("--json", type=Path, default=None, help="output JSON path (default bench/results/pipeline-<device>-<model>[-thread].json)")
-    p.add_argument("--plot", type=Path, default=None, help="output PNG path (default: next to the JSON)")
+    _output_options(p, "pipeline-<device>-<model>[-thread]")
     p.set_defaults(func=_run_pipeline)
     _register_triton(kinds)
     _register_short(kinds)
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from moonpipe.bench.common import RESULTS_DIR, device_name, slug
+    from moonpipe.bench.common import device_name, slug
     from moonpipe.bench.pipeline import format_table, run_pipeline_bench
     from moonpipe.bench.plot import plot_pipeline
 
@@ -61,7 +78,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
     worker = "none" if cuda else args.cpu_worker
     name = f"pipeline-{slug(device_name(args.device))}-{model}" + ("-thread" if worker == "thread" else "")
-    out = args.json or RESULTS_DIR / f"{name}.json"
+    out = output_path(args, name)
     t0 = time.perf_counter()
     print(f"moonpipe bench pipeline: {model} ({dtype}) on {device_name(args.device)}; "
           f"streams {args.streams}, {args.tokens} tokens x {args.rounds} rounds x {args.repeats} repeats"
@@ -85,16 +102,15 @@ def _register_triton(kinds: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--streams", type=_ints, default=[1, 8], help="comma-separated concurrency levels (default 1,8)")
     p.add_argument("--requests", type=int, default=16, help="requests per stream count and path (default 16)")
     p.add_argument("--tokens", type=int, default=32, help="output tokens per request (default 32)")
-    p.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/triton-<device>-<model>.json)")
-    p.add_argument("--plot", type=Path, default=None, help="output PNG (default: next to the JSON)")
+    _output_options(p, "triton-<device>-<model>")
     p.set_defaults(func=_run_triton)
 
 
 def _run_triton(args: argparse.Namespace) -> int:
-    from moonpipe.bench.common import RESULTS_DIR, device_name, slug
+    from moonpipe.bench.common import device_name, slug
     from moonpipe.bench.triton import format_triton_table, plot_triton, run_triton_bench
 
-    out = args.json or RESULTS_DIR / f"triton-{slug(device_name('cpu'))}-{args.model}.json"
+    out = output_path(args, f"triton-{slug(device_name('cpu'))}-{args.model}")
     t0 = time.perf_counter()
     print(f"moonpipe bench triton: {args.model} on {device_name('cpu')}; streams {args.streams}, "
           f"{args.requests} requests x {args.tokens} tokens per stream count and path", flush=True)
@@ -118,13 +134,12 @@ def _register_short(kinds: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--skills", default="query,point", help="comma-separated: query, point, detect (default query,point)")
     p.add_argument("--max-tokens", type=int, default=4, help="max output tokens of a query (default 4)")
     p.add_argument("--triton", action="store_true", help="send the requests through tritonserver over gRPC")
-    p.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/short-<path>-<device>-<model>.json)")
-    p.add_argument("--plot", type=Path, default=None, help="output PNG (default: next to the JSON)")
+    _output_options(p, "short-<path>-<device>-<model>")
     p.set_defaults(func=_run_short)
 
 
 def _run_short(args: argparse.Namespace) -> int:
-    from moonpipe.bench.common import RESULTS_DIR, device_name, slug
+    from moonpipe.bench.common import device_name, slug
     from moonpipe.bench.short import SHORT_SKILLS, format_short_table, plot_short, run_short_bench
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
@@ -132,7 +147,7 @@ def _run_short(args: argparse.Namespace) -> int:
     if bad or not skills:
         raise SystemExit(f"moonpipe bench short: --skills must name some of {', '.join(SHORT_SKILLS)}")
     path = "triton" if args.triton else "inproc"
-    out = args.json or RESULTS_DIR / f"short-{path}-{slug(device_name('cpu'))}-{args.model}.json"
+    out = output_path(args, f"short-{path}-{slug(device_name('cpu'))}-{args.model}")
     t0 = time.perf_counter()
     print(f"moonpipe bench short ({'tritonserver over gRPC' if args.triton else 'in-process'}): {args.model} "
           f"on {device_name('cpu')}; skills {skills}, concurrency {args.concurrency}, "

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write a deterministic synthetic checkpoint (random weights, real key names).",
     )
     make.add_argument("--preset", choices=("tiny", "small", "md2"), default="tiny",
-                      help="tiny: golden md2-tiny sizes; small: CPU benchmark; md2: real sizes")
+                      help="tiny: golden md2-tiny sizes; small: CPU benchmark; md2: real sizes (default tiny)")
     make.add_argument("--seed", type=int, default=0, help="weights/tokenizer seed (default 0)")
     make.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                       help="stored weight dtype (default float16, as the released moondream2)")

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Recompute every entry of a golden directory (golden.json, golden.safetensors, "
         "model.safetensors, image.png) in float32 on CPU; exit 1 on any mismatch.",
     )
-    parser.add_argument("dir", metavar="DIR", help="golden directory, e.g. ../shared/golden/md2-tiny")
+    parser.add_argument("dir", metavar="DIR", help="golden directory, e.g. tests/data/golden/md2-tiny (shipped with the project)")
     parser.add_argument("--page-size", type=int, default=16, help="KV page size to run with (default 16)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.set_defaults(func=_run)

@@ -1,9 +1,11 @@
 """``moonpipe serve``: run the bundled tritonserver on this machine with model_repository/.
 
-What ``make serve`` runs after installing: make the default synthetic checkpoint if none
-is configured, write a sample image, start tritonserver on loopback ports, wait for
-readiness, print the client command to try, then follow the server log until Ctrl-C
-(or SIGTERM), which stops the server and its stub cleanly.
+What ``make serve`` runs after installing: check that the ports are free, make the
+default synthetic checkpoint if none is configured, write a sample image, apply any
+``--param NAME=VALUE`` (and ``MOONPIPE_PARAM_<name>``) overrides to a copy of the model
+repository, start tritonserver on loopback ports, wait for readiness, print the client
+command to try, then follow the server log until Ctrl-C (or SIGTERM), which stops the
+server and its stub cleanly. Each instance writes its own log, named by its gRPC port.
 """
 
 from __future__ import annotations
@@ -13,17 +15,38 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from moonpipe.repository import PARAM_ENV_PREFIX, overrides_from_env, parse_override
+
 if TYPE_CHECKING:
     from moonpipe.triton_local import TritonServer
 
-__all__ = ["DEFAULT_CHECKPOINT", "register", "write_sample_image"]
+__all__ = ["DEFAULT_CHECKPOINT", "InstancePaths", "instance_paths", "register", "write_sample_image"]
 
-DEFAULT_CHECKPOINT = "checkpoints/tiny"
+RUNTIME_DIR = Path("checkpoints")  # untracked: checkpoints, logs, rendered repositories
+DEFAULT_CHECKPOINT = str(RUNTIME_DIR / "tiny")
 CHECKPOINT_ENV = "MOONPIPE_CHECKPOINT"
+# (what, argparse dest, make variable, flag) of each port
+_PORTS = (("HTTP", "http_port", "HTTP_PORT", "--http-port"), ("gRPC", "grpc_port", "GRPC_PORT", "--grpc-port"),
+          ("metrics", "metrics_port", "METRICS_PORT", "--metrics-port"))
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePaths:
+    """The files of one server instance, so two instances from one checkout never share one."""
+
+    log: Path
+    repository: Path  # the rendered copy of the model repository (with --param)
+
+
+def instance_paths(grpc_port: int, base: Path = RUNTIME_DIR) -> InstancePaths:
+    """An instance's files, named by its gRPC port (two servers cannot share a port)."""
+    return InstancePaths(log=base / f"tritonserver-{grpc_port}.log",
+                         repository=base / f"model_repository-{grpc_port}")
 
 
 def write_sample_image(path: Path) -> Path:
@@ -81,13 +104,54 @@ def _follow(server: TritonServer, log_path: Path, quiet: bool) -> int:
             time.sleep(0.2)
 
 
+def _port_problem(args: argparse.Namespace) -> str | None:
+    """Why the chosen ports cannot be used (naming the make variable and flag), or None."""
+    from moonpipe.triton_local import port_in_use
+
+    seen: dict[int, str] = {}
+    for what, dest, _, _ in _PORTS:
+        port = getattr(args, dest)
+        if port in seen:
+            return f"the {seen[port]} and {what} ports are both {port}; give each its own"
+        seen[port] = what
+    lines = []
+    for what, dest, variable, flag in _PORTS:
+        port = getattr(args, dest)
+        if not port_in_use(args.host, port):
+            continue
+        free = next((p for p in range(port + 1000, 65536, 1000) if p not in seen and not port_in_use(args.host, p)),
+                    None)
+        lines.append(f"port {port} ({what}) on {args.host} is in use (another moonpipe serve or tritonserver?); "
+                     f"choose another: make serve {variable}={free or 'N'}, or moonpipe serve {flag} {free or 'N'}")
+    return "\n".join(lines) or None
+
+
+def _repository(args: argparse.Namespace, paths: InstancePaths) -> Path:
+    """The model repository to serve: the project's, or a copy with the overrides set."""
+    from moonpipe.repository import render
+
+    source = Path(args.model_repository).resolve()
+    overrides = {**overrides_from_env(os.environ), **dict(args.param)}
+    if not overrides:
+        return source
+    for change in render(source, paths.repository, overrides):
+        print(f"parameter {change}")
+    print(f"(model repository with these overrides: {paths.repository})")
+    return paths.repository.resolve()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from moonpipe.triton_local import TritonServer, TritonServerError
 
+    problem = _port_problem(args)  # before anything is made or started
+    if problem:
+        print(f"moonpipe serve: {problem}", file=sys.stderr)
+        return 1
+    paths = instance_paths(args.grpc_port)
     checkpoint = _resolve_checkpoint(args.checkpoint)
     sample = write_sample_image(Path(args.sample_image))
-    repository = Path(args.model_repository).resolve()
-    log_path = Path(args.log_file).resolve()
+    repository = _repository(args, paths)
+    log_path = Path(args.log_file or paths.log).resolve()
     env = {CHECKPOINT_ENV: str(checkpoint)}
     server = TritonServer(repository, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, env=env, log_path=log_path, host=args.host)
@@ -123,6 +187,13 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"tritonserver stopped (exit code {code})", flush=True)
 
 
+def _override(text: str) -> tuple[str, str]:
+    try:
+        return parse_override(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="run tritonserver with model_repository/ on this machine",
                                    description=__doc__,
@@ -130,13 +201,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", metavar="DIR",
                         help=f"checkpoint directory (env {CHECKPOINT_ENV}; default: make a synthetic "
                              f"tiny one in {DEFAULT_CHECKPOINT})")
-    parser.add_argument("--model-repository", default="model_repository", metavar="DIR")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--log-file", default="checkpoints/tritonserver.log", metavar="PATH")
-    parser.add_argument("--sample-image", default="checkpoints/sample.png", metavar="PATH")
-    parser.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
-    parser.add_argument("--quiet", action="store_true", help="do not echo the server log")
+    parser.add_argument("--param", action="append", type=_override, default=[], metavar="NAME=VALUE",
+                        help="set a config.pbtxt parameter (an engine or adapter setting, e.g. "
+                             "max_batch_size=16) in a copy of the model repository; repeatable; "
+                             f"{PARAM_ENV_PREFIX}<name> in the environment does the same "
+                             "(default: the repository's values)")
+    parser.add_argument("--model-repository", default="model_repository", metavar="DIR",
+                        help="the Triton model repository to serve (default model_repository)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address the three ports bind to (default 127.0.0.1: this machine only)")
+    parser.add_argument("--http-port", type=int, default=8000, metavar="PORT",
+                        help="Triton's HTTP/REST port, also its health checks (default 8000)")
+    parser.add_argument("--grpc-port", type=int, default=8001, metavar="PORT",
+                        help="Triton's gRPC port, the one moonpipe-client talks to (default 8001)")
+    parser.add_argument("--metrics-port", type=int, default=8002, metavar="PORT",
+                        help="Prometheus metrics at /metrics (default 8002)")
+    parser.add_argument("--log-file", default=None, metavar="PATH",
+                        help=f"where the server log goes (default {RUNTIME_DIR}/tritonserver-<grpc port>.log: "
+                             "one per instance)")
+    parser.add_argument("--sample-image", default=str(RUNTIME_DIR / "sample.png"), metavar="PATH",
+                        help=f"a small picture to try the skills on, written if missing "
+                             f"(default {RUNTIME_DIR / 'sample.png'})")
+    parser.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long to wait for the model to load (default 300)")
+    parser.add_argument("--quiet", action="store_true", help="do not echo the server log here")
     parser.set_defaults(func=_serve)

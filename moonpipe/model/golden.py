@@ -1,6 +1,6 @@
 """``moonpipe golden-check``: recompute every entry of a golden directory with moonpipe's code.
 
-The golden directory (``shared/golden/md2-tiny``) holds the reference implementation's
+The golden directory (``tests/data/golden/md2-tiny``) holds the reference implementation's
 outputs for a tiny random checkpoint: ``golden.json`` (ids, bins, points, boxes, tolerances),
 ``golden.safetensors`` (tensors), ``model.safetensors`` + ``config.json`` and ``image.png``.
 Everything runs in float32 on CPU. The model is fed the golden ``crops_u8`` so model parity

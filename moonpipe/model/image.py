@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from moonpipe.errors import InvalidRequest
+from moonpipe.errors import InvalidRequest, raise_limit_hint
 
 __all__ = [
     "CROP_SIZE",
@@ -68,7 +68,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         if w <= 0 or h <= 0:
             raise InvalidRequest(f"IMAGE: zero-size image ({w}x{h})")
         if w * h > max_pixels:
-            raise InvalidRequest(f"IMAGE: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            side = math.isqrt(max_pixels)
+            raise InvalidRequest(
+                f"IMAGE: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}; resize it before "
+                f"sending (Pillow: image.thumbnail(({side}, {side})); the model sees 378x378 crops, so "
+                f"a few thousand pixels a side lose nothing), {raise_limit_hint('max_image_pixels')}")
         try:
             img.seek(0)  # first frame of animations
             img.load()

@@ -28,6 +28,8 @@ from moonpipe_client.stream import wait_for_end
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 from tritonclient.utils import serialize_byte_tensor
 
+from moonpipe import repository
+
 MODEL = "moondream"
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "model_repository" / MODEL
@@ -367,10 +369,8 @@ def group_rss_bytes(pgid: int) -> int:
 
 def set_parameter(config_text: str, key: str, value: str) -> str:
     """``config.pbtxt`` text with parameter ``key`` set to ``value`` (it must exist)."""
-    pattern = re.compile(rf'(key:\s*"{re.escape(key)}"\s*value:\s*\{{\s*string_value:\s*")[^"]*(")')
-    new, count = pattern.subn(lambda m: f"{m.group(1)}{value}{m.group(2)}", config_text)
-    assert count == 1, f"config.pbtxt has no parameter {key!r}"
-    return new
+    assert repository.has_parameter(config_text, key), f"config.pbtxt has no parameter {key!r}"
+    return repository.set_parameter(config_text, key, value)
 
 
 def make_repository(target: Path, parameters: dict[str, str] | None = None) -> Path:

@@ -14,8 +14,8 @@ from moonpipe.engine import Engine
 from moonpipe.errors import EngineError
 from moonpipe.request import Delta, Request, Result
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-GOLDEN_DIR = SHARED / "golden" / "md2-tiny"
+# Moondream's reference outputs for a tiny random checkpoint (shipped test data, ~24 MB).
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden" / "md2-tiny"
 
 
 @dataclass

@@ -159,3 +159,9 @@ def test_the_shipped_config_pbtxt_parameters_are_all_valid(tmp_path: Path) -> No
     config = engine_config_from_parameters({**params, "device": "cpu", "dtype": "float32"}, tmp_path, env={})
     assert config.checkpoint.endswith("checkpoints/tiny")
     adapter_config_from_parameters(params)
+
+
+def test_an_oversized_image_names_the_parameter_that_raises_the_limit() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(base(IMAGE=s(b"x" * (LIMIT + 1))), "r", LIMIT)
+    assert "max_image_bytes" in str(info.value) and "--param max_image_bytes=" in str(info.value)

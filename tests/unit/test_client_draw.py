@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from moonpipe_client import Box, Caption, Detection, Point, Points, Segment, draw_result
@@ -98,3 +99,49 @@ def test_drawing_does_not_modify_the_input(tmp_path: Path) -> None:
 def test_text_results_have_nothing_to_draw(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothing to draw"):
         draw_result(_canvas(tmp_path), Caption(caption="a cat"))
+
+
+def _luminance(rgb: Any) -> float:
+    return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+
+
+@pytest.mark.parametrize("background", [(0, 0, 0), (255, 255, 255), BOX_COLOR, (128, 128, 128)])
+def test_a_box_stands_out_on_any_background(tmp_path: Path, background: tuple[int, int, int]) -> None:
+    source = Image.new("RGB", (400, 300), background)
+    drawn = draw_result(source, Detection(objects=(Box(0.25, 0.25, 0.75, 0.75),))).convert("RGB")
+    across_left_edge = [drawn.getpixel((x, 150)) for x in range(90, 111)]
+    assert max(abs(_luminance(p) - _luminance(background)) for p in across_left_edge) > 100
+    assert sum(p != background for p in across_left_edge) >= 4  # a thick stroke, not a hairline
+
+
+@pytest.mark.parametrize("background", [(0, 0, 0), (255, 255, 255), POINT_COLOR])
+def test_a_point_stands_out_on_any_background(background: tuple[int, int, int]) -> None:
+    drawn = draw_result(Image.new("RGB", (400, 300), background), Points(points=(Point(0.5, 0.5),)))
+    around = [drawn.convert("RGB").getpixel((x, 150)) for x in range(185, 216)]
+    assert max(abs(_luminance(p) - _luminance(background)) for p in around) > 100
+
+
+def _changed(image: Image.Image, box: tuple[int, int, int, int], background: tuple[int, int, int]) -> int:
+    rgb = image.convert("RGB")
+    return sum(rgb.getpixel((x, y)) != background for x in range(box[0], box[2]) for y in range(box[1], box[3]))
+
+
+def test_boxes_are_labelled_with_the_object_name_and_index() -> None:
+    source = Image.new("RGB", (400, 300), BACKGROUND)
+    boxes = Detection(objects=(Box(0.25, 0.3, 0.5, 0.6), Box(0.6, 0.3, 0.9, 0.6)))
+    plain = draw_result(source, boxes)
+    named = draw_result(source, boxes, label="cup")
+    above_first = (100, 60, 200, 88)  # just above the first box's top edge (y = 90)
+    assert _changed(named, above_first, BACKGROUND) > _changed(plain, above_first, BACKGROUND) > 0
+    assert named.convert("RGB").getpixel((150, 135)) == BACKGROUND  # inside stays clear
+
+
+def test_closed_segment_outlines_are_filled_translucent(tmp_path: Path) -> None:
+    segment = Segment(path="M 0.2 0.2 L 0.8 0.2 L 0.8 0.8 L 0.2 0.8 Z", bbox=Box(0.2, 0.2, 0.8, 0.8))
+    drawn = draw_result(Image.new("RGB", (200, 100), BACKGROUND), segment).convert("RGB")
+    inside = drawn.getpixel((100, 50))
+    assert isinstance(inside, tuple)
+    assert inside not in (BACKGROUND, OUTLINE_COLOR)  # tinted, the image still shows through
+    for channel, (low, high) in enumerate(zip(BACKGROUND, OUTLINE_COLOR, strict=True)):
+        assert min(low, high) <= inside[channel] <= max(low, high)
+    assert drawn.getpixel((10, 50)) == BACKGROUND  # outside untouched

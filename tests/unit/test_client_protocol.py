@@ -233,3 +233,10 @@ def test_results_are_frozen() -> None:
     caption = Caption(caption="x")
     with pytest.raises(AttributeError):
         caption.caption = "y"  # type: ignore[misc]
+
+
+def test_to_record_adds_the_finish_reason_and_token_counts() -> None:
+    caption = Caption(caption="a dog", finish_reason="length", num_input_tokens=740, num_output_tokens=2)
+    assert caption.to_record() == {"caption": "a dog", "finish_reason": "length", "num_input_tokens": 740,
+                                   "num_output_tokens": 2}
+    assert Detection(objects=()).to_record()["objects"] == []

@@ -214,3 +214,36 @@ def test_async_stream_aclose_cancels_and_errors_map() -> None:
             await early.wait()
 
     asyncio.run(run())
+
+
+def test_a_stream_closed_early_holds_the_partial_result_marked_cancelled() -> None:
+    stream, call = _stream(_caption_script())
+    with stream:
+        assert next(stream) == "a "
+    assert call.num_cancels == 1
+    assert stream.result == Caption(caption="a ", finish_reason="cancelled")
+    points, _ = _stream([make_message({"POINTS": np.array([[0.5, 0.25]], np.float32)}),
+                         make_message({"POINTS": np.array([[0.1, 0.2]], np.float32)}),
+                         make_message({}, final=True)], "point")
+    assert next(points) == Point(0.5, 0.25)
+    points.close()
+    assert points.result is not None and points.result.to_dict() == {"points": [{"x": 0.5, "y": 0.25}]}
+    assert points.result.finish_reason == "cancelled"
+
+
+def test_closing_a_finished_stream_keeps_its_result() -> None:
+    stream, _ = _stream(_caption_script())
+    stream.wait()
+    stream.close()
+    assert stream.result is not None and stream.result.finish_reason == "stop"
+
+
+def test_an_async_stream_closed_early_holds_the_partial_result_marked_cancelled() -> None:
+    async def run() -> Caption | None:
+        stream: AsyncStream[str, Caption]
+        async with AsyncStream(lambda: ScriptedCall(_caption_script()), ResultBuilder("caption", True),
+                               extract_text, "h:1") as stream:
+            assert await stream.__anext__() == "a "
+        return stream.result
+
+    assert asyncio.run(run()) == Caption(caption="a ", finish_reason="cancelled")

@@ -1,4 +1,4 @@
-"""Moondream's own reference outputs (shared/golden/md2-tiny) reproduced *through the engine*:
+"""Moondream's own reference outputs (tests/data/golden/md2-tiny) reproduced *through the engine*:
 pipelined scheduler, paged KV, device sampling, constraints, at depth 1 and 2, alone and in
 a batch, with the prefix cache off and on (all requests ask about one image: after the
 first, each prefills only its prompt over the shared image prefix)."""
@@ -19,8 +19,6 @@ from moonpipe.engine import Engine
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import load_model
 from moonpipe.request import Box, Point, Request
-
-pytestmark = pytest.mark.skipif(not GOLDEN_DIR.is_dir(), reason=f"goldens not found at {GOLDEN_DIR}")
 
 
 @pytest.fixture(scope="module")

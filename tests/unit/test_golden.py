@@ -1,27 +1,18 @@
-"""``moonpipe golden-check`` against the reference's md2-tiny goldens (shared/golden/md2-tiny)."""
+"""``moonpipe golden-check`` against the reference's md2-tiny goldens (tests/data/golden/md2-tiny)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from engine_support import GOLDEN_DIR as GOLDEN
 
 from moonpipe.cli import main
 from moonpipe.errors import CheckpointError
 from moonpipe.model.golden import run_golden_check
 
-SHARED = Path(os.environ.get("MOONPIPE_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-GOLDEN = SHARED / "golden" / "md2-tiny"
 
-needs_golden = pytest.mark.skipif(
-    not (GOLDEN / "golden.json").is_file(),
-    reason=f"golden directory {GOLDEN} not found (set MOONPIPE_SHARED to the shared/ folder)",
-)
-
-
-@needs_golden
 def test_golden_check_cli_passes(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["golden-check", str(GOLDEN)])
     out = capsys.readouterr().out
@@ -34,7 +25,6 @@ def test_golden_check_cli_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(ln.rstrip().endswith("OK") for ln in lines)
 
 
-@needs_golden
 def test_golden_text_with_page_size_one() -> None:
     torch.set_num_threads(2)
     results = run_golden_check(GOLDEN, page_size=1)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from engine_support import GOLDEN_DIR as GOLDEN
 from PIL import Image
 
 from moonpipe.errors import InvalidRequest
@@ -22,8 +21,6 @@ from moonpipe.model.image import (
     select_tiling,
 )
 
-SHARED = Path(os.environ.get("MOONPIPE_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-GOLDEN = SHARED / "golden" / "md2-tiny"
 MAX = 10_000_000
 
 
@@ -152,7 +149,6 @@ def test_select_tiling_rules() -> None:
         assert 1 <= th and 1 <= tw and th * tw <= 6
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden directory {GOLDEN} not found (set MOONPIPE_SHARED)")
 def test_tiling_table_matches_golden() -> None:
     rows = json.loads((GOLDEN / "golden.json").read_text())["tiling_table"]["rows"]
     for row in rows:
@@ -183,7 +179,6 @@ def test_local_crops_overlap_by_the_margin() -> None:
     np.testing.assert_array_equal(crops[1][:, 266:], crops[2][:, :112])
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden directory {GOLDEN} not found (set MOONPIPE_SHARED)")
 def test_golden_crops_bit_exact() -> None:
     from safetensors.torch import load_file
 
@@ -203,3 +198,12 @@ def test_normalize_crops() -> None:
     assert x[1].eq(1.0).all() and x[0, :, 1:].eq(-1.0).all()
     assert x[0, :, 0, 0].tolist() == pytest.approx([-1.0, -0.6, 1.0])
     assert normalize_crops(crops, torch.bfloat16, "cpu").dtype == torch.bfloat16
+
+
+def test_too_many_pixels_says_how_to_resize_and_which_parameter_raises_the_limit() -> None:
+    data = _encode(Image.new("RGB", (300, 200)), "PNG")
+    with pytest.raises(InvalidRequest) as info:
+        decode_image(data, max_pixels=59_999)
+    message = str(info.value)
+    assert "thumbnail((244, 244))" in message  # a size that fits: isqrt(59999) on each side
+    assert "max_image_pixels" in message and "--param max_image_pixels=" in message

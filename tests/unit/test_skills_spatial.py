@@ -17,11 +17,12 @@ from moonpipe.skills.spatial import box_from_centre
 from moonpipe.step import Feed, Spatial, StepOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
+from engine_support import GOLDEN_DIR
 from test_skills_tokenizer import build_test_tokenizer
 
 CFG = TokenizerConfig()
 IMAGE = b"\x89PNG fake"
-GOLDEN = Path("/work/shared/golden/md2-tiny/golden.json")
+GOLDEN = GOLDEN_DIR / "golden.json"
 
 
 def _constraint(request: Request):  # type: ignore[no-untyped-def]
@@ -89,7 +90,6 @@ def test_box_is_clamped_to_the_image() -> None:
     assert box_from_centre(0.5, 0.5, 1.0, 1.0) == Box(0.0, 0.0, 1.0, 1.0)
 
 
-@pytest.mark.skipif(not GOLDEN.exists(), reason="goldens not available")
 def test_detect_reproduces_the_reference_boxes() -> None:
     g = json.loads(GOLDEN.read_text())["detect"]
     c = _constraint(Request("r", "detect", IMAGE, prompt="cup", max_objects=g["settings"]["max_objects"]))

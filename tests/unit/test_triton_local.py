@@ -16,6 +16,7 @@ from moonpipe.triton_local import (
     TritonServerError,
     build_command,
     free_port,
+    port_in_use,
     prepare_stub,
     server_environment,
     stale_shm_regions,
@@ -108,3 +109,12 @@ def test_serve_command_parses_its_flags_and_writes_a_sample_image(tmp_path: Path
     path = write_sample_image(tmp_path / "sample.png")
     with Image.open(path) as image:
         assert image.size == (320, 240)
+
+
+def test_port_in_use_sees_a_listener_and_a_free_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert port_in_use("127.0.0.1", port)
+    assert not port_in_use("127.0.0.1", free_port())

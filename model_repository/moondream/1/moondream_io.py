@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from moonpipe.config import EngineConfig
-from moonpipe.errors import EngineError, InvalidRequest
+from moonpipe.errors import EngineError, InvalidRequest, raise_limit_hint
 from moonpipe.request import Box, Delta, Point, Request, Result
 
 __all__ = [
@@ -107,7 +107,8 @@ def parse_request(arrays: Mapping[str, np.ndarray | None], request_id: str,
     if len(image) == 0:
         raise InvalidRequest("IMAGE: empty image; send the encoded file bytes (JPEG, PNG, WebP, GIF)")
     if len(image) > max_image_bytes:
-        raise InvalidRequest(f"IMAGE: {len(image)} bytes is over the limit of {max_image_bytes} bytes")
+        raise InvalidRequest(f"IMAGE: {len(image)} bytes is over the limit of {max_image_bytes} bytes; send "
+                             f"it smaller (JPEG, fewer pixels), {raise_limit_hint('max_image_bytes')}")
     return Request(
         request_id=request_id,
         skill=values["SKILL"].strip().lower(),
