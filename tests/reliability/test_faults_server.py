@@ -1,9 +1,9 @@
 """Faults through a real tritonserver.
 
-The adapter has no fault switch of its own, so ``fault_server`` (conftest.py) serves a
-copy of the model repository whose ``model.py`` wraps the real adapter and installs
-the engine's test-only fault hook (``Engine(..., fault_hook=...)``), armed by trigger files (``MOONPIPE_TEST_FAULTS``, moonpipe/testing.py). The server runs
-with ``max_batch_size`` 4 and ``max_queue`` 4, so the queue limit is reachable.
+``fault_server`` (conftest.py) serves a copy of the model repository with
+``MOONPIPE_TEST_FAULTS`` set, so the adapter gives the engine its test-only fault hook
+(``moonpipe/testing.py``), armed by trigger files. The server runs with
+``max_batch_size`` 4 and ``max_queue`` 4, so the queue limit is reachable.
 
 Shutdown mid-load is in test_shutdown_server.py.
 """
