@@ -130,15 +130,19 @@ def connection_hint(url: str, details: str) -> str:
     return "is tritonserver running, and is this its gRPC port (8001 by default)?"
 
 
-def error_from_grpc(status: str | None, details: str, url: str) -> MoonpipeError:
+def error_from_grpc(status: str | None, details: str, url: str, *, deadline_passed: bool = False) -> MoonpipeError:
     """The typed error for a failed gRPC call; ``status`` is a ``StatusCode`` name or None.
 
     Messages of the server's own errors keep their prefix even when a status is present,
     so the prefix wins; otherwise the status decides. Transport failures (UNAVAILABLE,
     DEADLINE_EXCEEDED) always follow the status: gRPC's own reason may contain
-    ``last error: UNAVAILABLE: ...``, which is not the server speaking.
+    ``last error: UNAVAILABLE: ...``, which is not the server speaking. gRPC reports an
+    expired deadline as INTERNAL now and then ("Internal error from Core", grpc/grpc#2685):
+    with ``deadline_passed`` such an error is the timeout it is.
     """
     name = None if status is None else status.rsplit(".", 1)[-1]  # "StatusCode.X" -> "X"
+    if name == "INTERNAL" and deadline_passed and not _PREFIX_RE.search(details):
+        name = "DEADLINE_EXCEEDED"
     if name is None or (name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and _PREFIX_RE.search(details)):
         return error_from_message(details)
     kind = _BY_GRPC_STATUS.get(name, ServerError)

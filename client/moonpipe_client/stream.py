@@ -53,10 +53,19 @@ def wait_for_end(call: Any, timeout: float) -> bool:
     return ended.wait(timeout)
 
 
-def _rpc_error(exc: grpc.RpcError, url: str) -> MoonpipeError:
+def _rpc_error(exc: grpc.RpcError, url: str, call: Any) -> MoonpipeError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return error_from_grpc(None if code is None else code.name, details or str(exc), url)
+    return error_from_grpc(None if code is None else code.name, details or str(exc), url,
+                           deadline_passed=_deadline_passed(call))
+
+
+def _deadline_passed(call: Any) -> bool:
+    try:
+        remaining = call.time_remaining()
+    except Exception:  # not a call with a deadline (or no call at all): no evidence
+        return False
+    return remaining is not None and remaining <= 0
 
 
 class _StreamState(Generic[T, R]):
@@ -119,7 +128,7 @@ class Stream(_StreamState[T, R], Iterator[T]):
                 raise ServerError(_EARLY_END) from None
             except grpc.RpcError as exc:
                 self._closed = True
-                raise _rpc_error(exc, self._url) from None
+                raise _rpc_error(exc, self._url, self._call) from None
             except MoonpipeError:
                 self._closed = True
                 raise
@@ -183,7 +192,7 @@ class AsyncStream(_StreamState[T, R], AsyncIterator[T]):
                 message = await self._call.read()
             except grpc.RpcError as exc:
                 self._closed = True
-                raise _rpc_error(exc, self._url) from None
+                raise _rpc_error(exc, self._url, self._call) from None
             if message is grpc.aio.EOF:
                 self._closed = True
                 raise ServerError(_EARLY_END)
