@@ -177,7 +177,7 @@ class Engine:
         tiling = (1, 1)
         # Identical bytes were decoded (and valid) before if their embedding or their prefix
         # is cached: a racy hint, a miss at prefill time decodes there.
-        if not (self.runner.has_image(key) or key in self.scheduler.table.prefix_cache):
+        if not (self.runner.has_image(key) or self.scheduler.has_cached_prefix(key)):
             image = decode_image(bytes(request.image), max_pixels=cfg.max_image_pixels)
             crops, tiling = overlap_crops(image, self.model_config.vision.max_crops)
         constraint = self.skills.make_constraint(request, self._mask_index,

@@ -100,15 +100,16 @@ class PrefillItem:
 
     seq_row: int
     image_key: str
-    crops: np.ndarray | None  # (n, 378, 378, 3) uint8; None: the embedding was cached at submit
+    crops: np.ndarray | None  # (n, 378, 378, 3) uint8; None: the embedding or the prefix was cached at submit
     tiling: tuple[int, int]
     image: bytes  # the encoded file, decoded at prefill only if a cached embedding was evicted
     prompt_ids: tuple[int, ...]
     page_ids: tuple[int, ...]
-    # the prefix KV is already in page_ids (a prefix-cache entry's shared pages): copy the
-    # boundary page from page ``boundary_src`` (0: none) and prefill only the prompt
+    # the prefix KV is already in page_ids (a prefix-cache entry's shared pages): copy page
+    # ``boundary_src`` into ``boundary_dst`` (0: no copy) and prefill only the prompt
     cached_prefix: bool = False
     boundary_src: int = 0
+    boundary_dst: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,7 @@ def _check_text(model: MoondreamModel, g: dict[str, Any], t: dict[str, Tensor], 
     tiling = (int(g["vision"]["tiling"][0]), int(g["vision"]["tiling"][1]))
     pixels = normalize_crops(t["crops_u8"].numpy(), torch.float32, "cpu")
     prefix = image_prefix_embeds(model, model.encode_image(pixels, tiling))  # (730, D)
-    max_len = 730 + 64
+    max_len = model.config.prefix_len + 64
     base = KVSequence.allocate(model, max_len, page_size=page_size)
     prefix_hidden = base.prefill(prefix)
     yield _close("prefix_hidden_rows", prefix_hidden[::8], t["prefix_hidden_rows"], *_tol(g, "prefix_hidden_rows"))

@@ -136,9 +136,8 @@ class DeviceWork:
             pages = self._to_device(torch.tensor(it.page_ids, dtype=torch.long))
             if it.cached_prefix:
                 if it.boundary_src:  # our private copy of the page where the prefix ends
-                    dst = it.page_ids[prefix_len // self.k.shape[2]]
-                    self.k[:, dst].copy_(self.k[:, it.boundary_src])
-                    self.v[:, dst].copy_(self.v[:, it.boundary_src])
+                    self.k[:, it.boundary_dst].copy_(self.k[:, it.boundary_src])  # (L, S, H, hd)
+                    self.v[:, it.boundary_dst].copy_(self.v[:, it.boundary_src])
             else:
                 img = self._image_embedding(it)  # (729, D)
                 bos = model.embed_tokens(self._to_device(torch.tensor([self.bos_id])))  # (1, D)

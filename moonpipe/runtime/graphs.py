@@ -61,9 +61,6 @@ class DecodeGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def has(self, key: tuple[int, int, int]) -> bool:
-        return key in self._graphs
-
     def capture(self, key: tuple[int, int, int], forward: Callable[[], None]) -> None:
         """Warm ``forward`` up on the capture stream, then record it. Called at start-up
         with the slot staged as all-padding rows (writes go to scratch page 0)."""

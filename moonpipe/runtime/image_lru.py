@@ -3,8 +3,9 @@
 One class serves both places that track cached images: the compute side's cache of
 embeddings (``DeviceWork``: key -> (729, D) tensor) and the runner's mirror of its keys
 (key -> None), which the scheduler and ``Engine.submit`` read. Both see the same
-prefills in the same order with the same capacity, so the mirror evicts exactly what the
-cache evicts, even when the cache lives in a worker process.
+image-encoding prefills (those without a cached prefix) in the same order with the same
+capacity, so the mirror evicts exactly what the cache evicts, even when the cache lives
+in a worker process.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class ImageLRU(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def keys(self) -> list[str]:
+        """Keys from least to most recently used."""
+        with self._lock:
+            return list(self._entries)
 
     def get(self, key: str) -> V | None:
         """The entry (now the most recently used), or None."""

@@ -25,7 +25,6 @@ class KVCache:
         shape = (text.n_layers, layout.num_pages, layout.page_size, text.n_heads, text.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, S, H, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.layout = layout
 
     @property
     def bytes(self) -> int:

@@ -221,8 +221,9 @@ class ModelRunner:
         slot.events.forward_start = st.compute.record()
         st.compute.call("prefill", slot.index, slot.shape(), list(items))
         slot.events.forward_end = st.compute.record()
-        for it in items:  # the work's cache sees these prefills in this order
-            self._image_keys.put(it.image_key, None)
+        for it in items:  # the work's cache sees these prefills in this order (a cached
+            if not it.cached_prefix:  # prefix needs no embedding: the work does not touch it)
+                self._image_keys.put(it.image_key, None)
 
     def launch_sampling(self, slot_index: int, plan: SamplingPlan) -> None:
         """Stage sampling parameters; enqueue their upload, sampling, and the D2H copy."""

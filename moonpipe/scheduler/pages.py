@@ -43,8 +43,8 @@ class PageAllocator:
         return len(self._free)
 
     @property
-    def num_in_use(self) -> int:
-        """Pages held by anyone."""
+    def num_held(self) -> int:
+        """Pages held by anyone (sequences or the prefix cache)."""
         return self.capacity - len(self._free)
 
     @property

@@ -86,6 +86,11 @@ class Pipeline(Generic[K]):
     def newest(self) -> InFlightStep[K] | None:
         return self._inflight[-1] if self._inflight else None
 
+    @property
+    def next_step_id(self) -> int:
+        """The id the next launched step gets."""
+        return self._next_step
+
     def can_launch(self) -> bool:
         """I2 and I4: room in the pipeline and every in-flight step already sampled."""
         return len(self._inflight) < self.depth and all(s.sampled for s in self._inflight)

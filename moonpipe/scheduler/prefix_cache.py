@@ -9,17 +9,22 @@ prefix again: it prefills only its prompt, attending to the shared pages.
 Which pages are shared: the ``prefix_len // page_size`` pages that hold nothing but the
 prefix are shared read-only (reference counted, ``pages.py``). The page where the prefix
 ends and the prompt begins (when ``prefix_len`` is not a multiple of the page size) holds
-the first request's prompt too, so every later request gets a private *copy* of it on
-admission (the device copies one page before the prompt prefill). Copying one page is
+the first request's prompt too, so every later request gets a private *copy* of it (the
+device copies the page right before that request's prompt forward). Copying one page is
 cheaper than recomputing its prefix positions through every layer, and it keeps the KV
 bit-identical to what a fresh prefill writes, so outputs do not depend on the cache.
 
-An entry is *pending* from the launch of the prefill that computes it until that step
-commits: only requests of that same step may use it meanwhile (they would fail with it),
-later steps wait for the commit, and a failed step drops the entry. Entries are evicted
-least recently used: beyond ``capacity`` entries, and under memory pressure when their
-pages would free room for a request (``evict_for``). The cache belongs to one engine,
-which serves one checkpoint: keys are image content hashes.
+Requests find an entry twice: at admission (a ready entry: they then allocate fewer
+pages) and again when their prefill is launched (a request admitted before the entry was
+ready swaps its own, never written, prefix pages for the entry's). An entry is *pending*
+from the launch of the prefill that computes it until that step commits: only requests
+of that same step may use it meanwhile (the device runs a step's requests in order, and
+they would fail with it), later steps find it ready after the commit, and a failed step
+drops it. A request that uses an entry holds the page it copies from for as long as it
+lives, so an eviction can never hand that page to another request before the copy.
+Entries are evicted least recently used: beyond ``capacity`` entries, and under memory
+pressure when their pages would free room for a request (``evict_for``). The cache
+belongs to one engine, which serves one checkpoint: keys are image content hashes.
 """
 
 from __future__ import annotations
@@ -50,13 +55,13 @@ class PrefixEntry:
 class PrefixCache:
     """Entries by image key, least recently used first (see module docstring)."""
 
-    def __init__(self, capacity: int, allocator: PageAllocator, *, num_full_pages: int,
-                 num_pages: int) -> None:
+    def __init__(self, capacity: int, allocator: PageAllocator, *, shared_pages: int,
+                 prefix_pages: int) -> None:
         if capacity < 0:
             raise ValueError(f"prefix cache capacity must be >= 0, got {capacity}")
         self.capacity = capacity
-        self.num_full_pages = num_full_pages  # pages holding only prefix positions
-        self.num_pages = num_pages  # pages holding any prefix position
+        self.shared_pages = shared_pages  # leading pages that hold only prefix positions
+        self.prefix_pages = prefix_pages  # leading pages that hold any prefix position
         self._allocator = allocator
         self._entries: OrderedDict[str, PrefixEntry] = OrderedDict()
         self.hits = 0
@@ -67,20 +72,19 @@ class PrefixCache:
     def enabled(self) -> bool:
         return self.capacity > 0
 
-    def __contains__(self, key: str) -> bool:
-        """Whether an entry (ready or pending) exists: a racy hint for other threads."""
-        return key in self._entries
-
     def __len__(self) -> int:
         return len(self._entries)
 
     def entries(self) -> list[PrefixEntry]:
         return list(self._entries.values())
 
-    def ready(self, key: str) -> PrefixEntry | None:
-        """The ready entry for ``key`` (not refreshed: ``record`` does that on use)."""
+    def lookup(self, key: str, step_id: int | None = None) -> PrefixEntry | None:
+        """The entry for ``key`` if it is ready, or pending in step ``step_id`` (not
+        refreshed: ``record`` does that on use). Safe as a hint from other threads."""
         entry = self._entries.get(key)
-        return entry if entry is not None and entry.ready else None
+        if entry is None or not (entry.ready or entry.step_id == step_id):
+            return None
+        return entry
 
     def reclaimable(self, keep: str | None = None) -> int:
         """Pages eviction could free now (held by no sequence), sparing entry ``keep``."""
@@ -92,20 +96,21 @@ class PrefixCache:
 
     # ------------------------------------------------------------ transitions
     def record(self, key: str, hit: bool) -> None:
-        """A request was admitted with (``hit``) or without the entry of ``key``."""
+        """A prefill was launched with (``hit``) or without the entry of ``key``."""
         if hit:
             self.hits += 1
-            self._entries.move_to_end(key)
+            if key in self._entries:  # (an entry evicted since admission: its pages live on)
+                self._entries.move_to_end(key)
         else:
             self.misses += 1
 
     def offer(self, key: str, pages: Sequence[int], step_id: int) -> bool:
         """A prefill launched in step ``step_id`` computes ``key``'s prefix into ``pages``
-        (a sequence's first ``num_pages``): keep them, pending. False if disabled or
+        (a sequence's first ``prefix_pages``): keep them, pending. False if disabled or
         the key already has an entry."""
         if not self.enabled or key in self._entries:
             return False
-        pages = tuple(pages[: self.num_pages])
+        pages = tuple(pages[: self.prefix_pages])
         self._allocator.share(pages, "cache")
         self._entries[key] = PrefixEntry(key, pages, step_id)
         while len(self._entries) > self.capacity:

@@ -138,7 +138,8 @@ class Scheduler:
         decode = self.table.decodable()
         if self.table.admitted and (not decode or not self._last_prefill):
             self._last_prefill = True
-            return self._launch_prefill(self.table.start_prefill(self._prefill_batch_size()))
+            seqs = self.table.start_prefill(self._prefill_batch_size(), self.pipeline.next_step_id)
+            return self._launch_prefill(seqs)
         if decode:
             self._last_prefill = False
             return self._launch_decode(decode)
@@ -162,11 +163,11 @@ class Scheduler:
 
     def _launch_prefill(self, seqs: list[Sequence]) -> Step:
         step = self.pipeline.launch(seqs, [0] * len(seqs), prefill=True)
-        self.table.offer_prefixes(seqs, step.step_id)
         items = [
             PrefillItem(seq_row=s.seq_row, image_key=s.image_key, crops=s.crops, tiling=s.tiling,
                         image=s.image, prompt_ids=s.prompt_ids, page_ids=s.page_ids,
-                        cached_prefix=s.cached_prefix, boundary_src=s.boundary_src)
+                        cached_prefix=s.cached_prefix, boundary_src=s.boundary_src,
+                        boundary_dst=self.table.boundary_dst(s))
             for s in seqs
         ]
         self.runner.launch_prefill(step.slot, items)
@@ -306,25 +307,32 @@ class Scheduler:
         scheduler thread died (``crashed``: then the pipeline may be inconsistent, so
         nothing is changed, only reported), and every submit still in the inbox."""
         events: list[OutputEvent] = []
-        for s in self.table.live():
-            if s.finished:
-                continue
-            if crashed:
-                events.append(OutputEvent(request=s.request, sink=s.sink, error=error, final=True))
-                self._on_final(s.request_id)
-            else:
-                self._end(s, FinishReason.ERROR, events, error=error)
-        while True:
-            try:
-                cmd = self.inbox.get_nowait()
-            except queue.Empty:
-                break
-            if cmd.kind == "submit" and cmd.seq is not None:
-                events.append(OutputEvent(request=cmd.seq.request, sink=cmd.seq.sink, error=error, final=True))
-                self._on_final(cmd.seq.request_id)
-        self.output.put(events)
+        try:  # finals already decided are delivered even if a later one raises
+            for s in self.table.live():
+                if s.finished:
+                    continue
+                if crashed:
+                    events.append(OutputEvent(request=s.request, sink=s.sink, error=error, final=True))
+                    self._on_final(s.request_id)
+                else:
+                    self._end(s, FinishReason.ERROR, events, error=error)
+            while True:
+                try:
+                    cmd = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd.kind == "submit" and cmd.seq is not None:
+                    events.append(OutputEvent(request=cmd.seq.request, sink=cmd.seq.sink, error=error, final=True))
+                    self._on_final(cmd.seq.request_id)
+        finally:
+            self.output.put(events)
 
     # ------------------------------------------------------------------- stats
+    def has_cached_prefix(self, image_key: str) -> bool:
+        """Whether a prefill launched now would find this image's prefix cached (a racy
+        hint for submitting threads: a later eviction only means a decode at prefill)."""
+        return self.table.prefix_cache.lookup(image_key) is not None
+
     def live_counts(self) -> dict[str, int]:
         """Racy reads of sizes only (ints/len), fine for metrics from other threads."""
         return {

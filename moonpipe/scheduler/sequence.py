@@ -51,8 +51,10 @@ class Sequence:
     state: SeqState = SeqState.WAITING
     seq_row: int = -1  # row of the per-sequence device buffers (next input, page table)
     page_ids: tuple[int, ...] = ()
-    cached_prefix: bool = False  # admitted onto a prefix-cache entry: prefill only the prompt
-    boundary_src: int = 0  # with a cached prefix: the entry's page to copy into our boundary page
+    cached_prefix: bool = False  # its prefix KV is a prefix-cache entry's: prefill only the prompt
+    # with a cached prefix: the entry's page where the prefix ends, copied into ours (held
+    # by this sequence while it lives, so no eviction can hand it out before the copy)
+    boundary_src: int = 0
     position: int = 0  # next KV position a decode step writes
     num_launched: int = 0
     num_committed: int = 0
@@ -64,6 +66,12 @@ class Sequence:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def held_pages(self) -> tuple[int, ...]:
+        """Every page this sequence holds a reference to: its KV pages, and the page its
+        boundary page is copied from."""
+        return (*self.page_ids, self.boundary_src) if self.boundary_src else self.page_ids
 
     @property
     def finished(self) -> bool:

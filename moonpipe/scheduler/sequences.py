@@ -30,7 +30,7 @@ import numpy as np
 
 from moonpipe.config import KVLayout
 from moonpipe.scheduler.pages import Holder, PageAllocator
-from moonpipe.scheduler.prefix_cache import PrefixCache
+from moonpipe.scheduler.prefix_cache import PrefixCache, PrefixEntry
 from moonpipe.scheduler.sequence import SeqState, Sequence
 
 __all__ = ["SequenceTable"]
@@ -43,8 +43,8 @@ class SequenceTable:
         self.layout = layout
         self.allocator = PageAllocator(layout.num_pages)
         self.prefix_cache = PrefixCache(
-            prefix_cache_size, self.allocator, num_full_pages=layout.num_shared_prefix_pages,
-            num_pages=layout.pages_needed(layout.prefix_len))
+            prefix_cache_size, self.allocator, shared_pages=layout.num_shared_prefix_pages,
+            prefix_pages=layout.pages_needed(layout.prefix_len))
         # (max_rows + 1, max_pages) page ids per seq row; the last row is the padding
         # rows' scratch row and stays all 0 (scratch page).
         self.page_rows = np.zeros((max_rows + 1, layout.max_pages_per_seq), dtype=np.int64)
@@ -98,47 +98,72 @@ class SequenceTable:
 
     def admit(self, now: float) -> None:
         """WAITING -> ADMITTED in FIFO order while a seq row and the head's pages are free
-        (the head waits for pages; submit rejected what can never fit)."""
+        (the head waits for pages; submit rejected what can never fit). A ready prefix-cache
+        entry of the head's image saves it the shared pages; unused entries are evicted
+        rather than let it wait, its own entry last."""
         cache = self.prefix_cache
         while self._waiting and self._free_rows:
             seq = self._waiting[0]
-            entry = cache.ready(seq.image_key) if seq.prompt_ids else None
-            shared = entry.pages[: cache.num_full_pages] if entry is not None else ()
-            n = self.layout.pages_needed(seq.num_positions) - len(shared)
-            if not cache.evict_for(n, keep=seq.image_key):
-                return
+            entry = cache.lookup(seq.image_key) if seq.prompt_ids else None
+            total = self.layout.pages_needed(seq.num_positions)
+            private = total - cache.shared_pages if entry is not None else total
+            if not cache.evict_for(private, keep=seq.image_key if entry is not None else None):
+                if entry is None or not cache.evict_for(total):  # its own entry goes too
+                    return
+                entry, private = None, total
             self._waiting.popleft()
-            self.allocator.share(shared, "seq")
-            seq.page_ids = (*shared, *self.allocator.allocate(n, "seq"))
+            seq.page_ids = tuple(self.allocator.allocate(private, "seq"))
             if entry is not None:
-                seq.cached_prefix = True
-                seq.boundary_src = entry.pages[-1] if len(entry.pages) > len(shared) else 0
-            if cache.enabled:
-                cache.record(seq.image_key, hit=entry is not None)
+                self._use_entry(seq, entry, own_prefix_pages=0)
             seq.seq_row = self._free_rows.pop()
-            row = self.page_rows[seq.seq_row]
-            row[:] = 0
-            row[: len(seq.page_ids)] = seq.page_ids
+            self._write_page_row(seq)
             seq.state = SeqState.ADMITTED
             seq.timings.admitted = now
             self._admitted.append(seq)
 
-    def start_prefill(self, n: int) -> list[Sequence]:
-        """The ``n`` oldest ADMITTED sequences become RUNNING (their prefill is launched)."""
+    def start_prefill(self, n: int, step_id: int) -> list[Sequence]:
+        """The ``n`` oldest ADMITTED sequences become RUNNING: step ``step_id`` prefills
+        them. Each takes its image's prefix-cache entry if one is usable now (ready, or
+        offered by an earlier sequence of this step), or offers its own prefix."""
         seqs = [self._admitted.popleft() for _ in range(n)]
+        cache = self.prefix_cache
         for s in seqs:
             s.state = SeqState.RUNNING
             s.position = s.num_prompt_tokens
             s.num_launched = 1
             self._running[s] = None
+            if not cache.enabled:
+                continue
+            if not s.cached_prefix:
+                entry = cache.lookup(s.image_key, step_id) if s.prompt_ids else None
+                if entry is not None:  # its own prefix pages were never written: swap them
+                    self._use_entry(s, entry, own_prefix_pages=cache.shared_pages)
+                    self._write_page_row(s)
+                else:
+                    cache.offer(s.image_key, s.page_ids, step_id)
+            cache.record(s.image_key, hit=s.cached_prefix)
         return seqs
 
-    def offer_prefixes(self, seqs: list[Sequence], step_id: int) -> None:
-        """Step ``step_id`` prefills ``seqs``: those computing their image's prefix offer it
-        to the prefix cache (pending until that step commits)."""
-        for s in seqs:
-            if not s.cached_prefix:
-                self.prefix_cache.offer(s.image_key, s.page_ids, step_id)
+    def boundary_dst(self, seq: Sequence) -> int:
+        """With a cached prefix: the page of ``seq`` the entry's boundary page is copied into."""
+        return seq.page_ids[self.prefix_cache.shared_pages] if seq.boundary_src else 0
+
+    def _use_entry(self, seq: Sequence, entry: PrefixEntry, *, own_prefix_pages: int) -> None:
+        """Make ``seq``'s KV start with ``entry``'s shared pages, releasing its own first
+        ``own_prefix_pages`` (allocated, never written), and hold the boundary source."""
+        shared = entry.pages[: self.prefix_cache.shared_pages]
+        self.allocator.release(seq.page_ids[:own_prefix_pages], "seq")
+        self.allocator.share(shared, "seq")
+        seq.page_ids = (*shared, *seq.page_ids[own_prefix_pages:])
+        seq.cached_prefix = True
+        if len(entry.pages) > len(shared):  # the prefix ends inside a page: copy that page
+            seq.boundary_src = entry.pages[-1]
+            self.allocator.share((seq.boundary_src,), "seq")
+
+    def _write_page_row(self, seq: Sequence) -> None:
+        row = self.page_rows[seq.seq_row]
+        row[:] = 0
+        row[: len(seq.page_ids)] = seq.page_ids
 
     def finish(self, seq: Sequence, reason: str, *, referenced: bool) -> None:
         """Any live state -> FINISHED (its final output is being emitted). Released now
@@ -168,7 +193,7 @@ class SequenceTable:
     def _release(self, seq: Sequence) -> None:
         assert seq.state is SeqState.FINISHED, f"S3: release of a {seq.state.value} sequence"
         if seq.seq_row >= 0:
-            self.allocator.release(seq.page_ids, "seq")
+            self.allocator.release(seq.held_pages, "seq")
             self.page_rows[seq.seq_row] = 0
             self._free_rows.append(seq.seq_row)
         seq.state = SeqState.RELEASED
@@ -191,13 +216,14 @@ class SequenceTable:
             row = self.page_rows[s.seq_row]
             n = len(s.page_ids)
             assert row[:n].tolist() == list(s.page_ids) and not row[n:].any(), f"S2: page row of {s.seq_id}"
+            assert bool(s.boundary_src) <= s.cached_prefix, f"S2: {s.seq_id} holds a copy source it has no use for"
         for r in range(len(self.page_rows)):
             if r not in holding:
                 assert not self.page_rows[r].any(), f"S2: free row {r} lists pages"
         assert len(self._free_rows) + len(holding) == len(self.page_rows) - 1, "S2: seq rows lost"
         self.allocator.check()
         holders: tuple[tuple[Holder, list[tuple[int, ...]]], ...] = (
-            ("seq", [s.page_ids for s in holding.values()]),
+            ("seq", [s.held_pages for s in holding.values()]),
             ("cache", [e.pages for e in self.prefix_cache.entries()]))
         for kind, lists in holders:
             counts: dict[int, int] = {}

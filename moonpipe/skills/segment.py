@@ -9,7 +9,7 @@ output 3 always starts the grammar, so its spec is static.
 Finish reasons: eos -> "stop" (the grammar only allows it where the path may end);
 ``max_tokens`` outputs (box steps included) -> "length"; a token the grammar forbids
 (only possible if the device ignored the mask) -> "error". The raw path text is parsed
-and mapped into the box by ``finish`` off the scheduler thread.
+and mapped into the box by ``registry.final_output`` off the scheduler thread.
 """
 
 from __future__ import annotations

@@ -71,16 +71,28 @@ def test_a_repeated_image_is_a_prefix_cache_hit_in_the_metrics(
     from conftest import make_png
 
     image = make_png(97, 61)  # an image no other test sends
-    time.sleep(0.6)
-    before = triton_server.metrics_text()
+    counters = ("moonpipe_prefix_cache_misses_total", "moonpipe_prefix_cache_hits_total")
+
+    def counts() -> tuple[float, ...]:
+        text = triton_server.metrics_text()
+        return tuple(metric_value(text, name) for name in counters)
+
+    def settled() -> tuple[float, ...]:
+        """The counters once two exports (stats_interval_ms: 500) agree."""
+        last, deadline = counts(), time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.6)
+            now = counts()
+            if now == last:
+                return now
+            last = now
+        raise AssertionError("the prefix-cache counters never settled")
+
+    before = settled()
     for question in ("Is there a ball?", "What colour is it?"):
         assert moondream.run("query", image, question, max_tokens=3)[-1].error is None
-    time.sleep(1.2)  # counters are exported every stats_interval_ms (500)
+    after = settled()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
     text = triton_server.metrics_text()
-
-    def delta(name: str) -> float:
-        return metric_value(text, name) - metric_value(before, name)
-
-    assert (delta("moonpipe_prefix_cache_misses_total"), delta("moonpipe_prefix_cache_hits_total")) == (1, 1)
     assert metric_value(text, "moonpipe_prefix_cache_entries") >= 1
     assert metric_value(text, "moonpipe_prefix_cache_pages") > 0

@@ -37,7 +37,7 @@ from moonpipe.testing import InjectedCrash
 VOCAB = 100
 STOP_EVERY = 13  # a token divisible by this ends a "stop" constraint
 PREFIX = 5  # KV positions of the fake image prefix
-PAGE_SIZE = 4
+PAGE_SIZE = 4  # the prefix ends inside a page; FakeRunner(page_size=PREFIX) tests the aligned case
 
 
 def output_stream(prompt_ids: Seq[int], image_key: str, n: int) -> list[int]:
@@ -77,7 +77,8 @@ class FakeRunner:
     """
 
     def __init__(self, *, image_cache_size: int = 4, fail_launches: Seq[int] = (),
-                 lose_at: int | None = None, crash_at: int | None = None) -> None:
+                 lose_at: int | None = None, crash_at: int | None = None, page_size: int = PAGE_SIZE) -> None:
+        self.page_size = page_size
         self.fail_launches = set(fail_launches)
         self.lose_at = lose_at
         self.crash_at = crash_at
@@ -105,7 +106,7 @@ class FakeRunner:
         busy_pages = {p for r in busy_rows for p in self._pages.get(r, ())}
         for it in items:  # a released sequence's row and pages are reused only once no step holds them
             assert it.seq_row not in busy_rows, f"seq row {it.seq_row} reused while a launched step holds it"
-            private = it.page_ids[PREFIX // PAGE_SIZE:] if it.cached_prefix else it.page_ids
+            private = it.page_ids[PREFIX // self.page_size:] if it.cached_prefix else it.page_ids
             assert not busy_pages.intersection(private), "pages reused while a launched step holds them"
         self._tainted.difference_update(rows)  # new sequences in these rows
         self._launch("launch_prefill", slot, rows)
@@ -115,10 +116,11 @@ class FakeRunner:
             self._who[it.seq_row] = (it.image_key, it.prompt_ids, self.launches * 1000 + it.seq_row)
             if it.cached_prefix:
                 self.cached_prefills += 1
+                assert bool(it.boundary_src) == bool(PREFIX % self.page_size), "a boundary copy iff the prefix ends inside a page"
                 if it.boundary_src:
-                    dst = it.page_ids[PREFIX // PAGE_SIZE]
-                    for off in range(PAGE_SIZE):
-                        self._put(dst, off, self.kv.get((it.boundary_src, off), ("never written",)))
+                    assert it.boundary_dst == it.page_ids[PREFIX // self.page_size]
+                    for off in range(self.page_size):
+                        self._put(it.boundary_dst, off, self.kv.get((it.boundary_src, off), ("never written",)))
                 self._check(it.seq_row, PREFIX)  # the shared prefix is this image's
             else:
                 for pos in range(PREFIX):
@@ -126,7 +128,8 @@ class FakeRunner:
             for pos in range(PREFIX, PREFIX + len(it.prompt_ids)):
                 self._write(it.seq_row, pos)
             self._state[it.seq_row] = _seed(it.prompt_ids, it.image_key)
-            self._images.put(it.image_key, None)
+            if not it.cached_prefix:  # a cached prefix needs no image embedding
+                self._images.put(it.image_key, None)
         self.prefill_sizes.append(len(items))
 
     def launch_decode(self, slot: int, seq_rows: np.ndarray, positions: np.ndarray,
@@ -135,7 +138,7 @@ class FakeRunner:
         assert page_rows.shape == (len(rows), page_rows.shape[1])
         for r, pos, pages in zip(rows, positions.tolist(), page_rows):
             assert r in self._state, f"decode of seq row {r} before its prefill"
-            assert pages[pos // PAGE_SIZE] in self._pages[r], f"row {r} writes position {pos} outside its pages"
+            assert pages[pos // self.page_size] in self._pages[r], f"row {r} writes position {pos} outside its pages"
         self._launch("launch_decode", slot, rows)
         for r, pos in zip(rows, positions.tolist()):
             self._check(r, pos)
@@ -188,7 +191,7 @@ class FakeRunner:
         """The forward's KV write; a step scripted to fail writes garbage instead."""
         pages = self._pages[row]
         failing = self.launches - 1 in self.fail_launches
-        self._put(pages[pos // PAGE_SIZE], pos % PAGE_SIZE, ("garbage",) if failing else self._tag(row, pos))
+        self._put(pages[pos // self.page_size], pos % self.page_size, ("garbage",) if failing else self._tag(row, pos))
 
     def _check(self, row: int, upto: int) -> None:
         """Positions ``[0, upto)`` of ``row`` hold what its own forwards (or, for a shared
@@ -198,7 +201,7 @@ class FakeRunner:
             return
         pages = self._pages[row]
         for pos in range(upto):
-            got = self.kv.get((pages[pos // PAGE_SIZE], pos % PAGE_SIZE))
+            got = self.kv.get((pages[pos // self.page_size], pos % self.page_size))
             assert got == self._tag(row, pos), f"row {row} position {pos}: {got} != {self._tag(row, pos)}"
 
     # ------------------------------------------------------------ checks
@@ -270,10 +273,11 @@ class Harness:
 
     def __init__(self, *, depth: int = 2, max_batch_size: int = 4, num_pages: int = 64,
                  runner: FakeRunner | None = None, prefix_cache_size: int = 0) -> None:
-        self.config = EngineConfig(max_batch_size=max_batch_size, pipeline_depth=depth, kv_page_size=PAGE_SIZE,
-                                   num_kv_pages=num_pages, prefix_cache_size=prefix_cache_size)
-        self.layout = KVLayout(page_size=PAGE_SIZE, num_pages=num_pages, max_pages_per_seq=64, prefix_len=PREFIX)
         self.runner = runner or FakeRunner()
+        page_size = self.runner.page_size
+        self.config = EngineConfig(max_batch_size=max_batch_size, pipeline_depth=depth, kv_page_size=page_size,
+                                   num_kv_pages=num_pages, prefix_cache_size=prefix_cache_size)
+        self.layout = KVLayout(page_size=page_size, num_pages=num_pages, max_pages_per_seq=64, prefix_len=PREFIX)
         self.output = CollectOutput()
         self.ended: list[str] = []
         self.scheduler = Scheduler(self.runner, self.output, Telemetry(), self.config, self.layout,
@@ -322,7 +326,7 @@ class Harness:
         assert self.table.allocator.num_seq_pages == 0
         self.table.check()
         self.table.prefix_cache.clear()
-        assert self.table.allocator.num_in_use == 0
+        assert self.table.allocator.num_held == 0
         self.table.check()
 
 

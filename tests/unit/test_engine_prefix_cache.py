@@ -14,6 +14,7 @@ from test_engine import SKILLS, assert_drained, ckpt, make_engine  # noqa: F401 
 
 from moonpipe.engine import Engine
 from moonpipe.request import Request
+from moonpipe.runtime.image_lru import image_key
 
 
 def _plan(seed: int) -> list[tuple[Request, bool]]:
@@ -85,3 +86,16 @@ def test_a_repeated_image_reuses_its_prefix_after_its_embedding_was_evicted(ckpt
         st = eng.stats()
         assert (st.prefix_cache_hits, st.prefix_cache_misses) == (1, 2)
         assert_all_pages_free_after_clearing(eng)
+
+
+def test_the_runners_image_mirror_follows_the_embedding_cache_through_cache_hits(ckpt: Path) -> None:  # noqa: F811
+    """A prefill on a cached prefix touches no embedding: the mirror must not either
+    (X, Y, X-hit, Z with room for two embeddings leaves Y and Z, not X and Z)."""
+    images = {name: png_bytes(90 + i) for i, name in enumerate("XYZ")}
+    with make_engine(ckpt, prefix_cache_size=4, image_cache_size=2) as eng:
+        for i, name in enumerate("XYXZ"):
+            run_all(eng, [Request(f"{name}{i}", "caption", images[name], max_tokens=2)])
+        assert eng.stats().prefix_cache_hits == 1
+        eng.runner.synchronize()
+        assert eng.runner._image_keys.keys() == eng.runner.work.image_cache.keys()
+        assert eng.runner.has_image(image_key(images["Y"])) and not eng.runner.has_image(image_key(images["X"]))

@@ -44,18 +44,77 @@ def test_a_second_request_about_an_image_prefills_only_its_prompt() -> None:
     h.assert_drained()
 
 
-def test_entries_are_usable_only_after_the_step_that_computes_them_commits() -> None:
+def test_entries_are_usable_by_later_steps_only_once_they_committed() -> None:
     h = Harness(prefix_cache_size=4, max_batch_size=4)
     h.submit("a", max_outputs=8, min_outputs=8)
     h.tick()  # a's prefill launched: its entry is pending
     entry = h.table.prefix_cache.entries()[0]
     assert not entry.ready
     b = h.submit("b", max_outputs=8, min_outputs=8)
-    h.tick()  # b admitted while the entry is pending: a miss; a's prefill commits here
-    assert not b.cached_prefix and entry.ready
+    h.tick()  # b admitted while the entry is pending (all its pages its own); a's prefill commits
+    assert b.state is SeqState.ADMITTED and not b.cached_prefix and entry.ready
     c = h.submit("c", max_outputs=8, min_outputs=8)
+    h.tick()  # b's prefill: it swaps its unwritten prefix pages for the entry's; c admitted onto it
+    assert b.cached_prefix and c.cached_prefix
+    assert b.page_ids[:FULL] == c.page_ids[:FULL] == entry.pages[:FULL]
+    _finish(h)
+    assert h.runner.cached_prefills == 2
+    h.assert_drained()
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_burst_about_one_new_image_computes_its_prefix_once(depth: int) -> None:
+    h = Harness(depth=depth, prefix_cache_size=4, max_batch_size=8, num_pages=80)
+    for i in range(8):
+        h.submit(f"r{i}", max_outputs=4, min_outputs=4, prompt=(i,))
+    _finish(h)
+    cache = h.table.prefix_cache
+    # the first prefill step: r0 computes, r1-r3 share its pending entry (same step);
+    # the second: r4-r7, admitted with pages of their own, swap them for the ready entry
+    assert (cache.hits, cache.misses) == (7, 1) and h.runner.prefill_sizes == [4, 4]
+    for i in range(8):
+        assert h.output.tokens(f"r{i}") == output_stream((i,), "img", 4)
+    h.assert_drained()
+
+
+def test_a_prefix_that_ends_on_a_page_boundary_shares_every_prefix_page() -> None:
+    h = Harness(prefix_cache_size=4, runner=FakeRunner(page_size=PREFIX))
+    first = h.submit("first", max_outputs=6, min_outputs=6)
+    _finish(h)
+    second = h.submit("second", max_outputs=6, min_outputs=6, prompt=(7, 8))
+    _finish(h)
+    assert second.cached_prefix and second.boundary_src == 0  # nothing to copy
+    assert second.page_ids[0] == first.page_ids[0]
+    assert h.output.tokens("second") == output_stream((7, 8), "img", 6)
+    h.assert_drained()
+
+
+def test_the_page_a_hit_copies_from_is_never_handed_out_before_the_hit_ends() -> None:
+    h = Harness(prefix_cache_size=4, max_batch_size=4)
+    h.submit("first", max_outputs=4, min_outputs=4)
+    _finish(h)
+    hit = h.submit("hit", max_outputs=4, min_outputs=4, prompt=(5,))
+    h.scheduler._drain_inbox(block=False)  # admission only, no launch yet
+    h.table.admit(0.0)
+    assert hit.state is SeqState.ADMITTED and hit.boundary_src
+    h.table.prefix_cache.clear()  # the entry goes before the hit's prefill copies its page
+    other = h.submit("other", max_outputs=4, min_outputs=4, image="other")
+    _finish(h)
+    assert hit.boundary_src not in other.page_ids
+    assert h.output.tokens("hit") == output_stream((5,), "img", 4)
+    h.assert_drained()
+
+
+def test_a_hit_that_cannot_fit_beside_its_entry_runs_as_a_miss() -> None:
+    # 11 usable pages; the entry of "c" holds 2 (1 shared + the boundary page).
+    h = Harness(prefix_cache_size=4, num_pages=12, max_batch_size=4)
+    h.submit("cached", max_outputs=4, min_outputs=4, image="c")
+    _finish(h)
+    # 10 prompt positions + 30 outputs + 1 = 41 positions, 11 pages: beside the entry it
+    # needs 10 private pages and 9 are free; without the entry all 11 are free
+    big = h.submit("big", max_outputs=30, min_outputs=30, image="c", prompt=(1, 2, 3, 4, 5))
     h.tick()
-    assert c.cached_prefix
+    assert big.state is not SeqState.WAITING and not big.cached_prefix
     _finish(h)
     h.assert_drained()
 
@@ -176,7 +235,7 @@ def test_the_allocator_counts_every_holder(ops: list[tuple[str, Holder, int]]) -
             for k in ("seq", "cache"):
                 assert alloc.refs(page, k) == sum(pages.count(page) for hk, pages in held if hk == k)
         in_use = {p for _, pages in held for p in pages}
-        assert alloc.num_in_use == len(in_use) and alloc.num_free == 11 - len(in_use)
+        assert alloc.num_held == len(in_use) and alloc.num_free == 11 - len(in_use)
         seq_pages = {p for k, pages in held if k == "seq" for p in pages}
         assert alloc.num_seq_pages == len(seq_pages) and alloc.num_cache_only == len(in_use - seq_pages)
 

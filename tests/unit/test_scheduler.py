@@ -70,7 +70,7 @@ def test_stop_at_a_token_makes_a_zombie_that_is_released_one_commit_later() -> N
         if seq.finished and finished_at is None:
             finished_at = tick
             assert seq.state is SeqState.FINISHED and h.table.num_zombies == 1  # rides step t+1
-            assert h.table.allocator.num_in_use > 0  # its pages wait for that step
+            assert h.table.allocator.num_held > 0  # its pages wait for that step
         if seq.state is SeqState.RELEASED:
             released_at = tick
             break
@@ -168,7 +168,7 @@ def test_admission_is_fifo_and_never_overcommits_pages() -> None:
         h.tick()
         holding = [s for s in seqs if s.state in (SeqState.ADMITTED, SeqState.RUNNING, SeqState.FINISHED)]
         most = max(most, len(holding))
-        assert h.table.allocator.num_in_use == 3 * len(holding)
+        assert h.table.allocator.num_held == 3 * len(holding)
         admitted_order += [s.request_id for s in holding if s.request_id not in admitted_order]
         if len(h.output.finals) == 5:
             break
