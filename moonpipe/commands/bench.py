@@ -163,7 +163,12 @@ def _run_short(args: argparse.Namespace) -> int:
     doc = run_short_bench(model=args.model, skills=skills, concurrency=args.concurrency, requests=args.requests,
                           max_tokens=args.max_tokens, triton=args.triton, device=args.device, dtype=dtype,
                           decode_kernels=args.decode_kernels, log=_progress)
-    return _report(format_short_table(doc), doc, out, None if args.no_plot else plot_short, args.plot, t0)
+    _report(format_short_table(doc), doc, out, None if args.no_plot else plot_short, args.plot, t0)
+    failed = sum(row["errors"] for row in doc["rows"])
+    if failed:
+        first = next(row["first_error"] for row in doc["rows"] if row["errors"])
+        print(f"moonpipe bench short: {failed} requests failed; first error: {first}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _progress(message: str) -> None:

@@ -124,6 +124,8 @@ def run_plan(steps: Sequence[Step], out: Path, *, device: str, model: str, total
                 entry.update(status="skipped", reason=f"the total budget ({total_budget_s:.0f} s) is spent")
             else:
                 timeout = min(step.budget_s, left)
+                if step.result:  # a result left by an earlier run in this folder is not this run's
+                    (out / step.result).unlink(missing_ok=True)
                 echo(f"== {step.name} (budget {timeout:.0f} s): {step.what}")
                 log.write(f"== {step.name}: {step.command()}\n")
                 entry.update(_run_step(step, timeout, env, log, echo))

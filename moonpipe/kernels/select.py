@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,7 +48,25 @@ def kernels_unavailable(device: torch.device) -> str | None:
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return ("on CPU the Triton kernels run only under the interpreter: set TRITON_INTERPRET=1 "
                 "before starting (slow; meant for tests)")
+    if device.type == "cpu" and not _interpreter_numpy_ok():
+        return (f"Triton's interpreter turns 1-element arrays into loop bounds with int(), which "
+                f"numpy {np.__version__} refuses (numpy 1.26, the project pin, accepts it): "
+                f"run the CPU kernel paths with numpy 1.x")
     return None
+
+
+def _interpreter_numpy_ok() -> bool:
+    """Whether numpy still converts a 1-element array to an int (deprecated in 1.25, an
+    error in recent 2.x): Triton 3.6's interpreter relies on it for dynamic loop bounds."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            int(np.zeros(1, dtype=np.int64))
+        except TypeError:
+            return False
+    return True
 
 
 def attention_error(model: MoondreamModel, page_size: int, device: torch.device) -> str | None:

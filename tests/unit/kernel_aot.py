@@ -39,7 +39,7 @@ class Recorder:
         return record
 
 
-def signature(fn: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+def signature(fn: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], dict[Any, Any]]:
     """(signature, constexprs, attrs) of one launch, as Triton's JIT would specialise it."""
     sig: dict[str, str] = {}
     constexprs: dict[str, Any] = {}

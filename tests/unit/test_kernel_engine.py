@@ -41,7 +41,7 @@ def outputs(ckpt: Path, kernels: str, pad_buckets: bool = False) -> dict[str, tu
 
 def test_decode_outputs_are_unchanged_by_the_kernels(ckpt: Path) -> None:
     want = outputs(ckpt, "auto")  # CPU: plain torch
-    assert sum(len(sig[1]) for sig in want.values()) > 10  # type: ignore[arg-type]
+    assert want["r-caption"][1] and want["r-query"][1]  # text was generated
     assert outputs(ckpt, "triton") == want
     assert outputs(ckpt, "fused", pad_buckets=True) == want
 
