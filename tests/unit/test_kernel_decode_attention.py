@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from moonpipe.kernels.decode_attention import MAX_SPLITS, choose_num_splits, paged_decode_attention
 from moonpipe.model.paged import decode_reads, gathered_attention
 
-pytestmark = pytest.mark.kernel
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+]
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 HEAD_DIM = 64
