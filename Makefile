@@ -6,7 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.moonpipe-installed
-REQUIREMENTS := requirements.txt $(wildcard requirements-deploy.txt)
+REQUIREMENTS := requirements.txt $(wildcard requirements-deploy.txt requirements-test.txt)
 PROJECTS := pyproject.toml $(wildcard client/pyproject.toml)
 
 # `make serve CHECKPOINT=/path/to/dir` (or MOONPIPE_CHECKPOINT=...) serves that checkpoint;

@@ -10,7 +10,7 @@ import sys
 __all__ = ["main"]
 
 # modules under moonpipe.commands, each registering its own sub-command(s)
-_COMMANDS = ("serve", "checkpoint", "golden", "bench")
+_COMMANDS = ("serve", "checkpoint", "golden", "bench", "gpu_check")
 
 
 def build_parser() -> argparse.ArgumentParser:

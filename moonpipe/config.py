@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DECODE_KERNELS",
     "DTYPE_NAMES",
     "EngineConfig",
     "KVLayout",
@@ -220,6 +221,9 @@ def torch_dtype(name: str) -> Any:
 
 _DEVICES = ("cpu", "cuda")
 _CPU_WORKERS = ("thread", "process")
+# The decode step's kernels (moonpipe/kernels/select.py): "auto" = the paged attention
+# kernel on CUDA when it passes its start-up check, plain torch otherwise.
+DECODE_KERNELS = ("auto", "torch", "triton", "fused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +254,10 @@ class EngineConfig:
     # fork server, which needs the calling program's main module to be import-safe
     # (``if __name__ == "__main__":``), as any multiprocessing program does.
     cpu_worker: str = "thread"
+    # "auto" | "torch" | "triton" (paged attention kernel) | "fused" (kernel attention +
+    # fused pointwise kernels; opt-in until verified on a GPU). On CPU "triton"/"fused"
+    # need TRITON_INTERPRET=1 (the Triton interpreter: for tests).
+    decode_kernels: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in _DEVICES:
@@ -264,6 +272,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.cpu_worker must be one of {_CPU_WORKERS}, got {self.cpu_worker!r}")
         if self.prefix_cache_size < 0:
             raise ValueError(f"EngineConfig.prefix_cache_size must be >= 0 (0 = off), got {self.prefix_cache_size}")
+        if self.decode_kernels not in DECODE_KERNELS:
+            raise ValueError(f"EngineConfig.decode_kernels must be one of {DECODE_KERNELS}, got {self.decode_kernels!r}")
         if self.num_kv_pages < 0:
             raise ValueError(f"EngineConfig.num_kv_pages must be >= 0, got {self.num_kv_pages}")
         if self.max_batch_size > 256:

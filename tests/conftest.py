@@ -22,6 +22,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+
+# Without a GPU the Triton kernels (moonpipe/kernels, marker `kernel`) run under Triton's
+# interpreter. Triton reads this when a kernel module is first imported, so it is set
+# here, before any test imports one. Subprocesses (servers, the CPU gpu-check) inherit it.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "moondream"

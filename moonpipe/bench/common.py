@@ -19,7 +19,8 @@ from moonpipe.model.synth_tokenizer import build_tokenizer
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import build_random_model
 
-__all__ = ["LOCAL_RESULTS_DIR", "RESULTS_DIR", "bench_image", "build_bench_engine", "device_name", "slug"]
+__all__ = ["LOCAL_RESULTS_DIR", "RESULTS_DIR", "bench_image", "bench_model", "build_bench_engine", "device_name",
+           "slug"]
 
 RESULTS_DIR = Path("bench/results")  # the committed results; runs write here only when asked
 LOCAL_RESULTS_DIR = Path("bench/out")  # untracked (.gitignore): where runs write by default
@@ -48,7 +49,9 @@ def bench_image(seed: int = 0, size: tuple[int, int] = (640, 480)) -> bytes:
 
 
 @functools.lru_cache(maxsize=2)
-def _model(preset: str, device: str, dtype: str) -> tuple[MoondreamModel, ModelConfig, Tokenizer]:
+def bench_model(preset: str, device: str, dtype: str) -> tuple[MoondreamModel, ModelConfig, Tokenizer]:
+    """Random weights of ``preset`` made on ``device`` (md2 in bf16 on a GPU: ~4 GB, made in
+    seconds, no file), eos banned; cached, so engines of one run share them."""
     cfg = preset_config(preset)
     model = build_random_model(cfg, seed=0, dtype=torch_dtype(dtype), device=device)
     # Fixed-length workload: eos can never win, so every request generates max_tokens and
@@ -61,12 +64,12 @@ def _model(preset: str, device: str, dtype: str) -> tuple[MoondreamModel, ModelC
 
 def build_bench_engine(preset: str, *, device: str, dtype: str, depth: int, max_batch_size: int,
                        cuda_graphs: bool = True, max_positions: int = 1024,
-                       cpu_worker: str = "thread") -> Engine:
+                       cpu_worker: str = "thread", decode_kernels: str = "auto") -> Engine:
     """An engine over random weights of ``preset`` (no checkpoint file), KV sized for the run."""
-    model, cfg, tok = _model(preset, device, dtype)
+    model, cfg, tok = bench_model(preset, device, dtype)
     page_size = 16
     num_pages = max_batch_size * pages_needed(max_positions, page_size) + 1
     config = EngineConfig(device=device, dtype=dtype, max_batch_size=max_batch_size,
                           num_kv_pages=num_pages, kv_page_size=page_size, pipeline_depth=depth,
-                          cuda_graphs=cuda_graphs, cpu_worker=cpu_worker)
+                          cuda_graphs=cuda_graphs, cpu_worker=cpu_worker, decode_kernels=decode_kernels)
     return Engine(config, model=model, tokenizer=tok, model_config=cfg)

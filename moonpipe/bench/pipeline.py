@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from moonpipe.bench.common import bench_image, build_bench_engine, device_name
+from moonpipe.bench.common import bench_image, bench_model, build_bench_engine, device_name
+from moonpipe.config import EngineConfig
 from moonpipe.engine import Engine
 from moonpipe.errors import EngineError
 from moonpipe.request import Delta, Request, Result
@@ -157,15 +158,21 @@ def _hidden(blk: DepthRun, pip: DepthRun) -> float:
 
 def run_pipeline_bench(*, device: str, model: str, dtype: str, streams: list[int], tokens: int,
                        rounds: int, repeats: int, cuda_graphs: bool, cpu_worker: str = "process",
-                       log: Any = print) -> dict[str, Any]:
+                       decode_kernels: str = "auto", log: Any = print) -> dict[str, Any]:
     """Run the whole table; returns the JSON document (measuring.md schema)."""
     image = bench_image()
     max_streams = max(streams)
     engines = {
         depth: build_bench_engine(model, device=device, dtype=dtype, depth=depth,
-                                  max_batch_size=max_streams, cuda_graphs=cuda_graphs, cpu_worker=cpu_worker)
+                                  max_batch_size=max_streams, cuda_graphs=cuda_graphs, cpu_worker=cpu_worker,
+                                  decode_kernels=decode_kernels)
         for depth in (1, 2)
     }
+    used = engines[2].runner.work.decoder.kind
+    kernels = _kernels_per_step(model, device, dtype, used)
+    log(f"  decode kernels: {used}; kernels per decode step: {kernels['total']} "
+        f"(forward {kernels['forward']}, sampling {kernels['sampling']}"
+        + (f"; CUDA profiler: {kernels['cuda_kernels']} in the forward" if kernels["cuda_kernels"] else "") + ")")
     rows: list[PipelineRow] = []
     try:
         for n in streams:
@@ -213,10 +220,21 @@ def run_pipeline_bench(*, device: str, model: str, dtype: str, streams: list[int
         "repeats": repeats,
         "cuda_graphs": cuda_graphs,
         "cpu_worker": cpu_worker if device == "cpu" else None,
+        "decode_kernels": decode_kernels,
+        "decode_kernels_used": used,
+        "kernels_per_step": kernels,
         "estimator": "columns in ms: medians over repeats; predicted, observed, hidden: medians "
                      "of per-repeat (depth 1, depth 2) pair values",
         "rows": [asdict(r) for r in rows],
     }
+
+
+def _kernels_per_step(model: str, device: str, dtype: str, kind: str) -> dict[str, Any]:
+    """Kernels of one decode step (batch 1, 800 positions) of the engines' decode path."""
+    from moonpipe.kernels.count import count_step
+
+    weights, model_cfg, _ = bench_model(model, device, dtype)
+    return count_step(weights, model_cfg, EngineConfig(device=device, dtype=dtype, decode_kernels=kind))
 
 
 HEADER = (f"{'streams':>7} {'fwd ms':>8} {'samp ms':>8} {'period':>8} {'idle':>7} {'blocking':>9} "
@@ -231,7 +249,13 @@ def format_row(r: PipelineRow) -> str:
 
 def format_table(doc: dict[str, Any]) -> str:
     worker = f"  compute worker: {doc['cpu_worker']}" if doc.get("cpu_worker") else ""
-    lines = [f"device: {doc['device']}  torch {doc['torch']}  model {doc['model']} ({doc['dtype']}){worker}", HEADER]
+    lines = [f"device: {doc['device']}  torch {doc['torch']}  model {doc['model']} ({doc['dtype']}){worker}"]
+    kernels = doc.get("kernels_per_step")
+    if kernels:
+        cuda = f", CUDA profiler {kernels['cuda_kernels']} in the forward" if kernels.get("cuda_kernels") else ""
+        lines.append(f"decode kernels: {doc['decode_kernels_used']}  kernels per step: {kernels['total']} "
+                     f"(forward {kernels['forward']} + sampling {kernels['sampling']}{cuda})")
+    lines.append(HEADER)
     lines += [format_row(PipelineRow(**row)) for row in doc["rows"]]
     return "\n".join(lines)
 

@@ -21,13 +21,13 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from moonpipe.bench.common import device_name
+from moonpipe.bench.common import build_bench_engine, device_name
 from moonpipe.bench.latency import Trace, summarize
 from moonpipe.bench.load import RequestSpec, jpeg_image, run_in_process, run_over_grpc
 from moonpipe.bench.server import bench_model_repository, fixed_length_checkpoint, running_server
@@ -76,8 +76,32 @@ class _Images:
         return [jpeg_image(s) for s in seeds]
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the requests run: in-process engine settings (or the server, ``triton``)."""
+
+    model: str
+    device: str
+    dtype: str
+    decode_kernels: str
+    triton: bool
+
+
 @contextlib.contextmanager
-def _runner(model: str, max_batch: int, triton: bool, log: Callable[[str], None]) -> Iterator[Runner]:
+def _runner(target: _Target, max_batch: int, log: Callable[[str], None],
+            used: list[str]) -> Iterator[Runner]:
+    if not target.triton and (target.device != "cpu" or target.model == "md2"):
+        # random full-size weights made on the device (no multi-GB checkpoint file)
+        engine = build_bench_engine(target.model, device=target.device, dtype=target.dtype, depth=2,
+                                    max_batch_size=max_batch, cpu_worker="process",
+                                    decode_kernels=target.decode_kernels)
+        used.append(engine.runner.work.decoder.kind)
+        try:
+            yield lambda specs, n, tag: run_in_process(engine, specs, n, tag=tag)
+        finally:
+            engine.shutdown()
+        return
+    model, triton = target.model, target.triton
     with tempfile.TemporaryDirectory(prefix="moonpipe-bench-") as tmp:
         ckpt = fixed_length_checkpoint(Path(tmp) / "checkpoint", preset=model)
         if triton:
@@ -90,7 +114,9 @@ def _runner(model: str, max_batch: int, triton: bool, log: Callable[[str], None]
                 yield lambda specs, n, tag: run_over_grpc(url, specs, n)
             return
         engine = Engine(EngineConfig(checkpoint=str(ckpt), device="cpu", dtype="float32",
-                                     max_batch_size=max_batch, pipeline_depth=2, cpu_worker="process"))
+                                     max_batch_size=max_batch, pipeline_depth=2, cpu_worker="process",
+                                     decode_kernels=target.decode_kernels))
+        used.append(engine.runner.work.decoder.kind)
         try:
             yield lambda specs, n, tag: run_in_process(engine, specs, n, tag=tag)
         finally:
@@ -98,12 +124,15 @@ def _runner(model: str, max_batch: int, triton: bool, log: Callable[[str], None]
 
 
 def run_short_bench(*, model: str, skills: Sequence[str], concurrency: Sequence[int], requests: int,
-                    max_tokens: int, triton: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+                    max_tokens: int, triton: bool, device: str = "cpu", dtype: str = "float32",
+                    decode_kernels: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every (skill, images, concurrency) cell; returns the JSON document."""
     repeated = jpeg_image(0)
     images = _Images()
     rows: list[dict[str, Any]] = []
-    with _runner(model, max(concurrency), triton, log) as run:
+    used: list[str] = []
+    target = _Target(model, device, dtype, decode_kernels, triton)
+    with _runner(target, max(concurrency), log, used) as run:
         for skill in skills:
             run([_spec(skill, repeated, max_tokens)] * 2, 1, f"warm-{skill}")  # warm-up; caches image 0
             for mode in ("repeated", "unique"):
@@ -120,11 +149,13 @@ def run_short_bench(*, model: str, skills: Sequence[str], concurrency: Sequence[
     return {
         "benchmark": "short",
         "path": "triton" if triton else "in_process",
-        "device": device_name("cpu"),
+        "device": device_name(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "model": model,
-        "dtype": "float32",
+        "dtype": dtype,
+        "decode_kernels": decode_kernels,
+        "decode_kernels_used": used[0] if used else "server",
         "workload": (f"query: '{_PROMPTS['query']}' with {max_tokens} output tokens (eos banned); "
                      f"point/detect: one object; 640x480 JPEG; closed loop"),
         "requests_per_cell": requests,
@@ -142,8 +173,9 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def format_short_table(doc: dict[str, Any]) -> str:
+    kernels = f"  decode kernels: {doc['decode_kernels_used']}" if "decode_kernels_used" in doc else ""
     lines = [f"device: {doc['device']}  torch {doc['torch']}  model {doc['model']} ({doc['dtype']})  "
-             f"path: {doc['path']}", doc["workload"], HEADER]
+             f"path: {doc['path']}{kernels}", doc["workload"], HEADER]
     lines += [format_row(r) for r in doc["rows"]]
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ def _output_options(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--json", type=Path, default=None,
                    help=f"output JSON path (default bench/out/{name}.json, untracked)")
     p.add_argument("--plot", type=Path, default=None, help="output PNG path (default: next to the JSON)")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG (also skipped when matplotlib is missing)")
     p.add_argument("--update-results", action="store_true",
                    help="write into bench/results/, the committed results the docs show, instead of "
                         "the untracked bench/out/")
@@ -62,10 +64,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--cpu-worker", default="process", choices=["process", "thread"],
                    help="CPU compute worker: a process (its own interpreter and core, the default) "
                    "or a thread (shares the GIL with the scheduler: measures contention)")
+    _add_kernels_option(p)
     _output_options(p, "pipeline-<device>-<model>[-thread]")
     p.set_defaults(func=_run_pipeline)
     _register_triton(kinds)
     _register_short(kinds)
+
+
+def _add_kernels_option(p: argparse.ArgumentParser) -> None:
+    from moonpipe.config import DECODE_KERNELS
+
+    p.add_argument("--decode-kernels", default="auto", choices=DECODE_KERNELS,
+                   help="decode step kernels: auto (default: the paged attention kernel on CUDA when it "
+                   "passes its start-up check), torch, triton (attention kernel), fused (attention + "
+                   "fused pointwise kernels). On CPU triton/fused need TRITON_INTERPRET=1 (slow)")
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
@@ -86,8 +98,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     doc = run_pipeline_bench(device=args.device, model=model, dtype=dtype, streams=args.streams,
                              tokens=args.tokens, rounds=args.rounds, repeats=args.repeats,
                              cuda_graphs=not args.no_cuda_graphs, cpu_worker=worker if worker != "none" else "thread",
-                             log=_progress)
-    return _report(format_table(doc), doc, out, plot_pipeline, args.plot, t0)
+                             decode_kernels=args.decode_kernels, log=_progress)
+    return _report(format_table(doc), doc, out, None if args.no_plot else plot_pipeline, args.plot, t0)
 
 
 def _register_triton(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -116,7 +128,7 @@ def _run_triton(args: argparse.Namespace) -> int:
           f"{args.requests} requests x {args.tokens} tokens per stream count and path", flush=True)
     doc = run_triton_bench(model=args.model, streams=args.streams, requests=args.requests, tokens=args.tokens,
                            log=_progress)
-    return _report(format_triton_table(doc), doc, out, plot_triton, args.plot, t0)
+    return _report(format_triton_table(doc), doc, out, None if args.no_plot else plot_triton, args.plot, t0)
 
 
 def _register_short(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -128,7 +140,11 @@ def _register_short(kinds: argparse._SubParsersAction) -> None:  # type: ignore[
         "request on the same image (image-embedding cache hits) and on distinct images. Reports "
         "requests/s and latency p50/p99. In-process by default; --triton goes through the server.",
     )
-    p.add_argument("--model", default="tiny", choices=["tiny", "small"], help="checkpoint preset (default tiny)")
+    p.add_argument("--model", default="tiny", choices=["tiny", "small", "md2"],
+                   help="weights preset (default tiny; md2 = random full-size weights in memory, for a GPU)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu; in-process only)")
+    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
+    _add_kernels_option(p)
     p.add_argument("--concurrency", type=_ints, default=[1, 16], help="comma-separated concurrency levels (default 1,16)")
     p.add_argument("--requests", type=int, default=16, help="requests per cell (default 16)")
     p.add_argument("--skills", default="query,point", help="comma-separated: query, point, detect (default query,point)")
@@ -146,16 +162,24 @@ def _run_short(args: argparse.Namespace) -> int:
     bad = [s for s in skills if s not in SHORT_SKILLS]
     if bad or not skills:
         raise SystemExit(f"moonpipe bench short: --skills must name some of {', '.join(SHORT_SKILLS)}")
+    if args.triton and (args.device != "cpu" or args.model == "md2"):
+        raise SystemExit("moonpipe bench short: --triton runs the tiny/small checkpoints on CPU only")
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     path = "triton" if args.triton else "inproc"
-    out = output_path(args, f"short-{path}-{slug(device_name('cpu'))}-{args.model}")
+    out = output_path(args, f"short-{path}-{slug(device_name(args.device))}-{args.model}")
     t0 = time.perf_counter()
     print(f"moonpipe bench short ({'tritonserver over gRPC' if args.triton else 'in-process'}): {args.model} "
-          f"on {device_name('cpu')}; skills {skills}, concurrency {args.concurrency}, "
+          f"({dtype}) on {device_name(args.device)}; skills {skills}, concurrency {args.concurrency}, "
           f"{args.requests} requests per cell", flush=True)
     doc = run_short_bench(model=args.model, skills=skills, concurrency=args.concurrency, requests=args.requests,
-                          max_tokens=args.max_tokens, triton=args.triton,
-                          log=_progress)
-    return _report(format_short_table(doc), doc, out, plot_short, args.plot, t0)
+                          max_tokens=args.max_tokens, triton=args.triton, device=args.device, dtype=dtype,
+                          decode_kernels=args.decode_kernels, log=_progress)
+    _report(format_short_table(doc), doc, out, None if args.no_plot else plot_short, args.plot, t0)
+    failed = sum(row["errors"] for row in doc["rows"])
+    if failed:
+        first = next(row["first_error"] for row in doc["rows"] if row["errors"])
+        print(f"moonpipe bench short: {failed} requests failed; first error: {first}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _progress(message: str) -> None:
@@ -164,12 +188,17 @@ def _progress(message: str) -> None:
 
 
 def _report(table: str, doc: dict[str, Any], out: Path,
-            plot: Callable[[dict[str, Any], Path], Path], plot_path: Path | None, t0: float) -> int:
-    """Print the table, save the JSON and the plot (next to the JSON unless given)."""
+            plot: Callable[[dict[str, Any], Path], Path] | None, plot_path: Path | None, t0: float) -> int:
+    """Print the table, save the JSON and the plot (next to the JSON unless given; none
+    with --no-plot or without matplotlib, as on a bare GPU machine)."""
     from moonpipe.bench.pipeline import save
 
     print(table)
     save(doc, out)
-    png = plot(doc, plot_path or out.with_suffix(".png"))
-    print(f"saved {out} and {png} ({time.perf_counter() - t0:.0f} s)")
+    saved = str(out)
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        print("no plot: matplotlib is not installed", file=sys.stderr)
+    elif plot is not None:
+        saved += f" and {plot(doc, plot_path or out.with_suffix('.png'))}"
+    print(f"saved {saved} ({time.perf_counter() - t0:.0f} s)")
     return 0

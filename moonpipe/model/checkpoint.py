@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from moonpipe.config import ModelConfig, RegionConfig, TextConfig, VisionConfig, torch_dtype
 from moonpipe.errors import CheckpointError
@@ -72,6 +73,27 @@ def _config_json(config: ModelConfig, preset: str, seed: int, dtype: str) -> dic
     }
 
 
+def _progress(shapes: dict[str, tuple[int, ...]], *, enabled: bool) -> Iterable[tuple[str, tuple[int, ...]]]:
+    """The tensors to write, with a progress bar (tqdm, if installed: the GPU machine has
+    none, so a plain line every 10% there)."""
+    items = shapes.items()
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _plain_progress(list(items))
+    return tqdm(items, desc="weights", unit="tensor")
+
+
+def _plain_progress(items: list[tuple[str, tuple[int, ...]]]) -> Iterator[tuple[str, tuple[int, ...]]]:
+    step = max(1, len(items) // 10)
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % step == 0 or i == len(items):
+            print(f"weights: {i}/{len(items)} tensors", file=sys.stderr, flush=True)
+
+
 def _write_safetensors(
     path: Path, config: ModelConfig, *, seed: int, dtype: torch.dtype, eos_bias: float, progress: bool
 ) -> None:
@@ -92,7 +114,7 @@ def _write_safetensors(
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for name, shape in tqdm(shapes.items(), desc="weights", unit="tensor", disable=not progress):
+        for name, shape in _progress(shapes, enabled=progress):
             t = init_tensor(name, shape, seed=seed, dtype=dtype, eos_id=eos, eos_bias=eos_bias)
             f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
     os.replace(tmp, path)

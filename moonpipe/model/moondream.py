@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from moonpipe.config import ModelConfig
 from moonpipe.model.region import RegionModel
-from moonpipe.model.text import TextModel
+from moonpipe.model.text import DecodeAttention, TextModel
 from moonpipe.model.vision import VisionModel
 
 __all__ = ["MoondreamModel"]
@@ -67,13 +67,15 @@ class MoondreamModel(nn.Module):
         k_cache: Tensor,
         v_cache: Tensor,
         page_table: Tensor,
+        attention: DecodeAttention | None = None,
     ) -> Tensor:
         """One step for B rows: (B, D) at ``positions`` (B,) -> hidden (B, D) before post_ln.
 
         Row b writes K/V at ``positions[b]`` through ``page_table[b]`` (B, P) and attends to
         [0, positions[b]]. Unused table entries may point anywhere (e.g. a scratch page).
+        ``attention``: a kernel that reads the page table itself (None: plain torch).
         """
-        return self.text.decode(embeds, positions, k_cache, v_cache, page_table)
+        return self.text.decode(embeds, positions, k_cache, v_cache, page_table, attention)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """(..., D) hidden -> (..., Vocab) logits (post_ln + lm_head)."""

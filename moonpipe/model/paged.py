@@ -12,9 +12,10 @@ path can be captured in a CUDA graph.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_slots", "layer_view", "position_slots", "table_slots"]
+__all__ = ["decode_reads", "gather_slots", "gathered_attention", "layer_view", "position_slots", "table_slots"]
 
 
 def layer_view(cache: Tensor, layer: int) -> Tensor:
@@ -48,3 +49,27 @@ def table_slots(page_table: Tensor, page_size: int) -> Tensor:
 def gather_slots(flat: Tensor, slots: Tensor) -> Tensor:
     """flat (N*S, H, hd), slots (...) -> (..., H, hd)."""
     return flat[slots]
+
+
+def decode_reads(page_table: Tensor, positions: Tensor, page_size: int) -> tuple[Tensor, Tensor]:
+    """What a decode row reads: every slot of its page table and which of them it attends
+    to (keys ``[0, positions[b]]``): page_table (B, P), positions (B,) ->
+    read_slots (B, K = P*page_size), mask (B, 1, K) bool."""
+    read_slots = table_slots(page_table, page_size)
+    key_pos = torch.arange(read_slots.shape[1], device=page_table.device)
+    mask = (key_pos[None, :] <= positions[:, None]).unsqueeze(1)
+    return read_slots, mask
+
+
+def gathered_attention(q: Tensor, k_flat: Tensor, v_flat: Tensor, read_slots: Tensor, mask: Tensor) -> Tensor:
+    """Plain-torch attention over gathered cache slots (the CPU path and the reference the
+    decode kernel is tested against).
+
+    q (B, T, H, hd); k_flat/v_flat (N*S, H, hd); read_slots (B, K) in position order;
+    mask (B, T, K) bool, True = attend -> (B, T, H, hd). Reads every slot of ``read_slots``
+    (the whole page bucket), masked or not.
+    """
+    keys = k_flat[read_slots].to(q.dtype).transpose(1, 2)  # (B, H, K, hd)
+    values = v_flat[read_slots].to(q.dtype).transpose(1, 2)
+    att = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask.unsqueeze(1))
+    return att.transpose(1, 2)  # (B, T, H, hd)

@@ -6,15 +6,26 @@ Spec section 5. Both entry points return the residual stream after the last bloc
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moonpipe.config import TextConfig
 from moonpipe.model.layers import MLP, FusedAttention, apply_rotary, layer_norm
-from moonpipe.model.paged import layer_view, position_slots, table_slots
+from moonpipe.model.paged import decode_reads, gathered_attention, layer_view, position_slots
 
-__all__ = ["TextBlock", "TextModel"]
+__all__ = ["Attend", "DecodeAttention", "TextBlock", "TextModel"]
+
+Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``attend(q (B, T, H, hd), k_flat, v_flat) -> (B, T, H, hd)``: a block's attention over
+one layer's cache, after the block wrote this step's K/V."""
+
+DecodeAttention = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+"""``attention(q (B, H, hd), k_flat, v_flat, page_table (B, P), positions (B,)) -> (B, H, hd)``:
+a decode attention that reads the page table itself (e.g. the Triton kernel of
+``moonpipe/kernels/decode_attention.py``) instead of gathered slots and a mask."""
 
 
 class TextBlock(nn.Module):
@@ -34,8 +45,7 @@ class TextBlock(nn.Module):
         k_flat: Tensor,  # (N*S, H, hd) this layer's cache, a view
         v_flat: Tensor,
         write_slots: Tensor,  # (B, T) cache slots for x's K/V
-        read_slots: Tensor,  # (B, K) cache slots attended to, in position order
-        mask: Tensor,  # (B, T, K) bool, True = attend
+        attend: Attend,
     ) -> Tensor:
         b, t, d = x.shape
         hd = d // self.n_heads
@@ -46,10 +56,7 @@ class TextBlock(nn.Module):
         # Write this step's K/V first so every query also sees its own position.
         k_flat.index_copy_(0, write_slots.reshape(-1), k.reshape(b * t, self.n_heads, hd).to(k_flat.dtype))
         v_flat.index_copy_(0, write_slots.reshape(-1), v.reshape(b * t, self.n_heads, hd).to(v_flat.dtype))
-        keys = k_flat[read_slots].to(q.dtype).transpose(1, 2)  # (B, H, K, hd)
-        values = v_flat[read_slots].to(q.dtype).transpose(1, 2)
-        att = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask.unsqueeze(1))
-        att = att.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        att = attend(q, k_flat, v_flat).reshape(b, t, d)  # (B, T, D)
         return x + self.attn.proj(att) + self.mlp(h)
 
 
@@ -71,11 +78,10 @@ class TextModel(nn.Module):
         k_cache: Tensor,
         v_cache: Tensor,
         write_slots: Tensor,
-        read_slots: Tensor,
-        mask: Tensor,
+        attend: Attend,
     ) -> Tensor:
         for i, block in enumerate(self.blocks):
-            x = block(x, positions, layer_view(k_cache, i), layer_view(v_cache, i), write_slots, read_slots, mask)
+            x = block(x, positions, layer_view(k_cache, i), layer_view(v_cache, i), write_slots, attend)
         return x
 
     def prefill(
@@ -98,7 +104,8 @@ class TextModel(nn.Module):
         mask = (causal | in_prefix).unsqueeze(0)  # (1, T, K)
         write_slots = position_slots(page_ids, positions, page_size).unsqueeze(0)  # (1, T)
         read_slots = position_slots(page_ids, key_pos, page_size).unsqueeze(0)  # (1, K)
-        x = self._run(embeds.unsqueeze(0), positions.unsqueeze(0), k_cache, v_cache, write_slots, read_slots, mask)
+        attend = functools.partial(gathered_attention, read_slots=read_slots, mask=mask)
+        x = self._run(embeds.unsqueeze(0), positions.unsqueeze(0), k_cache, v_cache, write_slots, attend)
         return x.squeeze(0)
 
     def decode(
@@ -108,16 +115,30 @@ class TextModel(nn.Module):
         k_cache: Tensor,
         v_cache: Tensor,
         page_table: Tensor,  # (B, P) long
+        attention: DecodeAttention | None = None,
     ) -> Tensor:
-        """One token per row at ``positions[b]``, attending to [0, positions[b]] -> (B, D)."""
+        """One token per row at ``positions[b]``, attending to [0, positions[b]] -> (B, D).
+
+        ``attention`` None: plain torch over the gathered page bucket (every path's
+        reference); otherwise it reads the page table itself (see DecodeAttention).
+        """
         page_size = k_cache.shape[2]
         write_slots = position_slots(page_table, positions, page_size).unsqueeze(1)  # (B, 1)
-        read_slots = table_slots(page_table, page_size)  # (B, K = P*page_size)
-        key_pos = torch.arange(read_slots.shape[1], device=embeds.device)
-        mask = (key_pos[None, :] <= positions[:, None]).unsqueeze(1)  # (B, 1, K)
-        x = self._run(embeds.unsqueeze(1), positions.unsqueeze(1), k_cache, v_cache, write_slots, read_slots, mask)
+        attend: Attend
+        if attention is None:
+            read_slots, mask = decode_reads(page_table, positions, page_size)  # (B, K), (B, 1, K)
+            attend = functools.partial(gathered_attention, read_slots=read_slots, mask=mask)
+        else:
+            attend = functools.partial(_one_query, attention=attention, page_table=page_table, positions=positions)
+        x = self._run(embeds.unsqueeze(1), positions.unsqueeze(1), k_cache, v_cache, write_slots, attend)
         return x.squeeze(1)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """(..., D) -> (..., Vocab): ``lm_head(post_ln(hidden))``."""
         return self.lm_head(layer_norm(hidden, self.post_ln))
+
+
+def _one_query(q: Tensor, k_flat: Tensor, v_flat: Tensor, *, attention: DecodeAttention,
+               page_table: Tensor, positions: Tensor) -> Tensor:
+    """A DecodeAttention as an Attend: q (B, 1, H, hd) -> (B, 1, H, hd)."""
+    return attention(q[:, 0].contiguous(), k_flat, v_flat, page_table, positions).unsqueeze(1)

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from moonpipe.config import EngineConfig, ModelConfig
+from moonpipe.kernels.decoders import TextDecoder
+from moonpipe.kernels.select import build_decoder
 from moonpipe.model.image import decode_image, normalize_crops, overlap_crops
 from moonpipe.model.moondream import MoondreamModel
 from moonpipe.runtime.graphs import DecodeGraphs
@@ -39,7 +41,7 @@ __all__ = ["DeviceWork", "FaultHook"]
 # raising fails that step (``moonpipe/testing.py``). With a process worker it must pickle.
 FaultHook = Callable[[str, list[int]], None]
 
-_PRIVATE = ("generator", "image_cache", "graphs")
+_PRIVATE = ("generator", "image_cache", "graphs", "decoder")
 
 
 class DeviceWork:
@@ -69,6 +71,9 @@ class DeviceWork:
         self.generator.manual_seed(self.cfg.seed)
         self.image_cache: ImageLRU[torch.Tensor] = ImageLRU(self.cfg.image_cache_size)
         self.graphs: DecodeGraphs | None = None
+        # the decode step's kernels (cfg.decode_kernels; moonpipe/kernels/select.py)
+        self.decoder: TextDecoder = build_decoder(self.model, self.cfg.decode_kernels,
+                                                  page_size=self.k.shape[2], device=self.device)
 
     # A worker process gets the shared state and rebuilds its private state.
     def __getstate__(self) -> dict[str, Any]:
@@ -116,7 +121,7 @@ class DeviceWork:
         size = self.next_size.index_select(0, seq_rows).to(self.dtype)  # (B, 2)
         emb = torch.where(feed == int(Feed.COORD), model.encode_coordinate(coord), emb)
         emb = torch.where(feed == int(Feed.SIZE), model.encode_size(size), emb)
-        hidden = model.decode(emb, positions, self.k, self.v, page_table)  # (B, D)
+        hidden = self.decoder(emb, positions, self.k, self.v, page_table)  # (B, D)
         slot.hidden[:b].copy_(hidden)
         slot.logits[:b].copy_(model.lm_logits(hidden))
 
