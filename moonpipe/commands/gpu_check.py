@@ -30,14 +30,14 @@ def _names(text: str) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("gpu-check", help="every GPU check and benchmark in one run (JSON + log)",
                        description=_DESCRIPTION)
-    p.add_argument("--out", type=Path, default=None, help="output folder (required unless --dry-run)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (no default: required unless --dry-run)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan, each step's budget and the device-tool command; run nothing")
     p.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu")
     p.add_argument("--model", default=None, choices=["tiny", "small", "md2"],
                    help="weights preset (default md2 on cuda, tiny on cpu)")
     p.add_argument("--only", type=_names, default=None, help="comma-separated steps to run (default all)")
-    p.add_argument("--skip", type=_names, default=[], help="comma-separated steps to leave out")
+    p.add_argument("--skip", type=_names, default=[], help="comma-separated steps to leave out (default none)")
     p.add_argument("--total-budget", type=float, default=None,
                    help="seconds for the whole run (default 480 on cuda, 900 on cpu)")
     p.set_defaults(func=_run)
