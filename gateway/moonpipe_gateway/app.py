@@ -42,13 +42,13 @@ def validation_message(error: dict[str, Any]) -> tuple[str, str]:
     field = ".".join(f"[{p}]" if p.isdigit() else p for p in loc).replace(".[", "[") or "body"
     kind = error.get("type", "")
     if kind == "json_invalid":
-        return "body", "the body is not valid JSON (send Content-Type: application/json with a JSON object)"
+        return "body", "body: not valid JSON (send Content-Type: application/json with a JSON object)"
     if kind == "missing":
-        return field, f"{field}: required"
+        return field, f"{field}: required, but missing from the request"
     if kind == "extra_forbidden":
         return field, f"{field}: unknown field (the gateway refuses fields it would otherwise ignore)"
     if kind == "model_attributes_type" or (kind.endswith("_type") and not loc):
-        return "body", "the body must be a JSON object"
+        return "body", "body: must be a JSON object"
     return field, f"{field}: {error.get('msg', 'invalid value')}"
 
 

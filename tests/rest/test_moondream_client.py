@@ -132,7 +132,7 @@ def test_api_keys_unknown_model_and_limits(strict_gateway: GatewayProcess, image
     noise = Image.frombytes("RGB", (256, 256), random.Random(0).randbytes(256 * 256 * 3))
     assert code_of(keyed, noise) == 413  # ~150 KB of JPEG: over the 64 KiB body limit
     # A long sampled caption cannot finish within the 1 s request timeout.
-    assert code_of(keyed, image, settings={"max_tokens": 2000, "temperature": 1.0}) == 504
+    assert code_of(keyed, image, settings={"max_tokens": 2000, "temperature": 5.0, "top_p": 1.0}) == 504
 
 
 def test_unreachable_triton_is_502_and_not_ready(start_gateway: Any, image: Base64EncodedImage) -> None:
