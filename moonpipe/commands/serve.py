@@ -17,6 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from moonpipe.commands.gateway import add_gateway_arguments, gateway_usage, start_gateway
+
 if TYPE_CHECKING:
     from moonpipe.triton_local import TritonServer
 
@@ -94,11 +96,13 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"starting tritonserver (log: {log_path}) ...", flush=True)
     start = time.perf_counter()
+    gateway = None
     try:
         server.start()
         server.wait_ready(timeout=args.ready_timeout)
         grpc = server.urls.grpc
         url_flag = "" if grpc == "127.0.0.1:8001" else f" --url {grpc}"
+        gateway = start_gateway(args, grpc, log_path.with_name("gateway.log"))
         client = Path(sys.prefix) / "bin" / "moonpipe-client"
         shown = os.path.relpath(client) if client.exists() else "moonpipe-client"
         print(
@@ -107,7 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"checkpoint {checkpoint}\n\n"
             f"Try, in another terminal:\n\n"
             f"    {shown}{url_flag} caption {os.path.relpath(sample)} --stream\n\n"
-            f"Ctrl-C stops the server.\n",
+            + (gateway_usage(gateway, sample) + "\n" if gateway is not None else "")
+            + "Ctrl-C stops the server.\n",
             flush=True,
         )
         return _follow(server, log_path, args.quiet)
@@ -118,6 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
         print("\nstopping tritonserver ...", flush=True)
         return 0
     finally:
+        if gateway is not None:
+            gateway.stop()
         code = server.stop()
         if code is not None:
             print(f"tritonserver stopped (exit code {code})", flush=True)
@@ -139,4 +146,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sample-image", default="checkpoints/sample.png", metavar="PATH")
     parser.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     parser.add_argument("--quiet", action="store_true", help="do not echo the server log")
+    add_gateway_arguments(parser)
     parser.set_defaults(func=_serve)
