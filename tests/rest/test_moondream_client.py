@@ -9,11 +9,11 @@ from typing import Any
 
 import moondream as md
 import pytest
+from conftest import Caller, ServerHandle
 from moondream.types import Base64EncodedImage
 from moonpipe_client import Client
 from PIL import Image
 
-from conftest import Caller, ServerHandle
 from rest.conftest import STRICT_KEY, GatewayProcess
 
 pytestmark = pytest.mark.e2e

@@ -6,9 +6,9 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import ServerHandle
 from moonpipe_client import Client
 
-from conftest import ServerHandle
 from rest.conftest import STRICT_KEY, GatewayProcess
 
 pytestmark = pytest.mark.e2e

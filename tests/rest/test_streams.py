@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import moondream as md
 import pytest
+from conftest import ServerHandle
 from moondream.types import Base64EncodedImage
 
-from conftest import ServerHandle
 from rest.conftest import GatewayProcess, wait_until_idle
 
 pytestmark = pytest.mark.e2e
