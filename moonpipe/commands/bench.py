@@ -85,7 +85,11 @@ def _register_triton(kinds: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--streams", type=_ints, default=[1, 8], help="comma-separated concurrency levels (default 1,8)")
     p.add_argument("--requests", type=int, default=16, help="requests per stream count and path (default 16)")
     p.add_argument("--tokens", type=int, default=32, help="output tokens per request (default 32)")
-    p.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/triton-<device>-<model>.json)")
+    p.add_argument("--rest", action="store_true",
+                   help="also run every stream count through the REST gateway (moonpipe_gateway, Moondream "
+                   "/v1/caption SSE) and report it against direct gRPC")
+    p.add_argument("--json", type=Path, default=None,
+                   help="output JSON (default bench/results/triton[-rest]-<device>-<model>.json)")
     p.add_argument("--plot", type=Path, default=None, help="output PNG (default: next to the JSON)")
     p.set_defaults(func=_run_triton)
 
@@ -94,12 +98,14 @@ def _run_triton(args: argparse.Namespace) -> int:
     from moonpipe.bench.common import RESULTS_DIR, device_name, slug
     from moonpipe.bench.triton import format_triton_table, plot_triton, run_triton_bench
 
-    out = args.json or RESULTS_DIR / f"triton-{slug(device_name('cpu'))}-{args.model}.json"
+    name = "triton-rest" if args.rest else "triton"
+    out = args.json or RESULTS_DIR / f"{name}-{slug(device_name('cpu'))}-{args.model}.json"
     t0 = time.perf_counter()
     print(f"moonpipe bench triton: {args.model} on {device_name('cpu')}; streams {args.streams}, "
-          f"{args.requests} requests x {args.tokens} tokens per stream count and path", flush=True)
+          f"{args.requests} requests x {args.tokens} tokens per stream count and path"
+          + ("; paths in-process, gRPC, REST gateway" if args.rest else ""), flush=True)
     doc = run_triton_bench(model=args.model, streams=args.streams, requests=args.requests, tokens=args.tokens,
-                           log=_progress)
+                           rest=args.rest, log=_progress)
     return _report(format_triton_table(doc), doc, out, plot_triton, args.plot, t0)
 
 
