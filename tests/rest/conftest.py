@@ -131,22 +131,6 @@ def post(url: str, body: Any, headers: dict[str, str] | None = None, timeout: fl
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def wait_until_idle(server: ServerHandle, cancelled_before: float, timeout: float = 20.0) -> None:
-    """Until moonpipe's metrics show one more cancelled request and no pages or sequences in use."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = server.metrics_text()
-        cancelled = metric_value(text, "moonpipe_requests_total", finish_reason="cancelled")
-        pages = metric_value(text, "moonpipe_kv_pages_in_use")
-        running = metric_value(text, "moonpipe_running_sequences")
-        if cancelled >= cancelled_before + 1 and pages == 0 and running == 0:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not idle after {timeout} s: cancelled={cancelled} (before {cancelled_before}), "
-                        f"kv_pages_in_use={pages}, running={running}")
-        time.sleep(0.2)
-
-
 STRICT_KEY = "test-key-1"
 
 

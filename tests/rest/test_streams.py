@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 import moondream as md
 import pytest
-from conftest import ServerHandle
+from conftest import ServerHandle, wait_until_idle
 from moondream.types import Base64EncodedImage
 
-from rest.conftest import GatewayProcess, wait_until_idle
+from rest.conftest import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 
