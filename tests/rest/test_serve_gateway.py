@@ -36,7 +36,7 @@ def test_serve_starts_the_gateway_and_prints_how_to_call_it(tiny_checkpoint: Pat
         printed = "".join(lines)
         endpoint = f"http://127.0.0.1:{rest}/v1"
         assert f"REST gateway at {endpoint}" in printed and f"md.vl(endpoint='{endpoint}')" in printed
-        caption = md.vl(endpoint=endpoint).caption(Image.open(tmp_path / "sample.png"), settings={"max_tokens": 3})
+        caption = md.vl(endpoint=endpoint).caption(Image.open(tmp_path / "sample.png"), settings={"max_tokens": 3, "temperature": 5.0, "top_p": 1.0})
         assert caption["caption"]
     finally:
         proc.send_signal(signal.SIGTERM)
