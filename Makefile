@@ -7,7 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.moonpipe-installed
 REQUIREMENTS := requirements.txt $(wildcard requirements-deploy.txt requirements-test.txt)
-PROJECTS := pyproject.toml $(wildcard client/pyproject.toml)
+NODEPS_REQUIREMENTS := $(wildcard requirements-nodeps.txt)
+PROJECTS := pyproject.toml $(wildcard client/pyproject.toml) $(wildcard gateway/pyproject.toml)
 
 # `make serve CHECKPOINT=/path/to/dir` (or MOONPIPE_CHECKPOINT=...) serves that checkpoint;
 # by default a synthetic tiny checkpoint is made in checkpoints/tiny.
@@ -17,6 +18,7 @@ PARAMS ?=
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+GATEWAY_PORT ?= 2020
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test test-fast lint typecheck clean
@@ -28,19 +30,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 
-$(STAMP): $(REQUIREMENTS) $(PROJECTS) | $(PY)
+$(STAMP): $(REQUIREMENTS) $(NODEPS_REQUIREMENTS) $(PROJECTS) | $(PY)
 	$(PY) -m pip install $(addprefix -r ,$(REQUIREMENTS))
-	$(PY) -m pip install -e . $(if $(wildcard client/pyproject.toml),-e client)
+	$(if $(NODEPS_REQUIREMENTS),$(PY) -m pip install --no-deps $(addprefix -r ,$(NODEPS_REQUIREMENTS)))
+	$(PY) -m pip install -e . $(if $(wildcard client/pyproject.toml),-e client) $(if $(wildcard gateway/pyproject.toml),-e gateway)
 	$(PY) -c 'from moonpipe.triton_local import prepare_stub; print("backend stub:", prepare_stub())'
 	@touch $@
 
 serve: setup
 	$(PY) -m moonpipe.cli serve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
-		$(addprefix --param ,$(PARAMS))
+		--gateway-port $(GATEWAY_PORT) $(addprefix --param ,$(PARAMS))
 
 RUFF := $(VENV)/bin/ruff check .
-MYPY := $(VENV)/bin/mypy moonpipe model_repository/moondream/1 $(wildcard client/moonpipe_client) tests
+MYPY := $(VENV)/bin/mypy moonpipe model_repository/moondream/1 $(wildcard client/moonpipe_client) $(wildcard gateway/moonpipe_gateway) tests
 
 lint: setup
 	$(RUFF)

@@ -152,7 +152,8 @@ def check_image_layout(root: Path) -> list[str]:
                 problems.append(f"COPY source {src} does not exist")
                 continue
             files = _files_under(root, src)
-            dropped = [f for f in files if dockerignore_excludes(ignore, f) and not f.endswith((".pyc", ".pyo"))]
+            dropped = [f for f in files if dockerignore_excludes(ignore, f) and not f.endswith((".pyc", ".pyo"))
+                       and ".egg-info/" not in f]  # build outputs of `pip install -e`, kept out on purpose
             if dropped:
                 problems.append(f"COPY source {src}: .dockerignore excludes {dropped[:5]}")
             shipped.update(f for f in files if not dockerignore_excludes(ignore, f))
@@ -279,6 +280,31 @@ def check_compose(root: Path, compose_file: Path) -> list[str]:
         if host is None or not (root / host).is_file():
             problems.append(f"compose: perf_analyzer input {data.group(1)} maps to no repository file ({host})")
     problems.extend(_check_prometheus(root, services.get(profiles.get("monitoring", ""), {})))
+    problems.extend(_check_compose_gateway(services))
+    return problems
+
+
+def _check_compose_gateway(services: dict[str, Any]) -> list[str]:
+    """The REST gateway service: moonpipe-gateway from the triton image, talking to
+    triton:8001 once Triton is healthy, its port published, a /health healthcheck."""
+    gateway = services.get("gateway")
+    if not isinstance(gateway, dict):
+        return ["compose: no `gateway` service (the REST gateway)"]
+    problems: list[str] = []
+    if gateway.get("image") != (services.get("triton") or {}).get("image"):
+        problems.append("compose: gateway must run the triton service's image")
+    command = " ".join(map(str, [*(gateway.get("entrypoint") or []), *(gateway.get("command") or [])]))
+    if "moonpipe-gateway" not in command or "--triton-url triton:8001" not in command:
+        problems.append(f"compose: gateway must run moonpipe-gateway --triton-url triton:8001 ({command})")
+    port = re.search(r"--port (\d+)", command)
+    published = {str(p).split(":")[-1].split("/")[0] for p in gateway.get("ports") or []}
+    if port is None or port.group(1) not in published:
+        problems.append(f"compose: the gateway's --port is not published ({published})")
+    depends = gateway.get("depends_on") or {}
+    if not isinstance(depends, dict) or (depends.get("triton") or {}).get("condition") != "service_healthy":
+        problems.append("compose: gateway must depend on triton being healthy")
+    if "/health" not in " ".join(map(str, (gateway.get("healthcheck") or {}).get("test") or [])):
+        problems.append("compose: gateway healthcheck does not probe /health")
     return problems
 
 
@@ -329,8 +355,9 @@ def check_manifest_consistency(root: Path, docs: Sequence[dict[str, Any]]) -> li
     if len(deployments) != 1:
         return [f"expected one Deployment, found {len(deployments)}"]
     pod = deployments[0]["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    port_names = {p["name"] for p in container.get("ports", [])}
+    containers = pod["containers"]
+    container = next((c for c in containers if c.get("name") == "triton"), containers[0])
+    port_names = {p["name"] for c in containers for p in c.get("ports", [])}
     gpu = (container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu")
     if str(gpu) != "1":
         problems.append("Deployment: container must limit nvidia.com/gpu to 1")
@@ -360,6 +387,36 @@ def check_manifest_consistency(root: Path, docs: Sequence[dict[str, Any]]) -> li
         problems.extend(f"{monitor['kind']}: endpoint port {e.get('port')} is no container port"
                         for e in endpoints if monitor["kind"] == "PodMonitor" and e.get("port") not in port_names)
     problems.extend(_check_hpa_metrics(root, by_kind.get("HorizontalPodAutoscaler", [])))
+    problems.extend(check_gateway_container(pod, by_kind.get("Service", [])))
+    return problems
+
+
+def check_gateway_container(pod: dict[str, Any], services: Sequence[dict[str, Any]]) -> list[str]:
+    """The REST gateway runs beside Triton in the pod: ``moonpipe-gateway`` talking to
+    localhost's gRPC port, its port named ``rest`` on a Service, ready on ``/health``
+    (Triton's model) and alive on a path that does not need Triton."""
+    gateway = next((c for c in pod["containers"] if c.get("name") == "gateway"), None)
+    if gateway is None:
+        return ["Deployment: no `gateway` container (the REST gateway beside Triton)"]
+    problems: list[str] = []
+    command = " ".join(map(str, [*(gateway.get("command") or []), *(gateway.get("args") or [])]))
+    if "moonpipe-gateway" not in command:
+        problems.append(f"Deployment: the gateway container does not run moonpipe-gateway ({command})")
+    url = re.search(r"--triton-url[ =](\S+)", command)
+    if url is None or url.group(1).split(":")[0] not in ("localhost", "127.0.0.1") or not url.group(1).endswith(":8001"):
+        problems.append(f"Deployment: the gateway must talk to Triton at localhost:8001 ({command})")
+    ports = {p.get("name"): p.get("containerPort") for p in gateway.get("ports", [])}
+    port = re.search(r"--port[ =](\d+)", command)
+    if "rest" not in ports or port is None or str(ports["rest"]) != port.group(1):
+        problems.append(f"Deployment: gateway port `rest` {ports.get('rest')} is not the --port it listens on")
+    ready = (gateway.get("readinessProbe") or {}).get("httpGet") or {}
+    live = (gateway.get("livenessProbe") or {}).get("httpGet") or {}
+    if ready.get("path") != "/health" or ready.get("port") != "rest":
+        problems.append(f"Deployment: gateway readinessProbe must GET /health on port rest ({ready})")
+    if not live.get("path") or live.get("path") == "/health":
+        problems.append("Deployment: gateway livenessProbe must not depend on Triton (use /metrics)")
+    if not any(port.get("targetPort") == "rest" for svc in services for port in svc["spec"].get("ports", [])):
+        problems.append("Service: no port targets the gateway's `rest` port")
     return problems
 
 

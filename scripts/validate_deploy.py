@@ -166,7 +166,8 @@ def check_image_layout(root: Path) -> CheckResult:
 
 def check_image_python(root: Path) -> CheckResult:
     """Code copied into the image parses and imports on the base image's Python 3.10."""
-    files = sorted((root / "moonpipe").rglob("*.py")) + sorted((root / "model_repository").rglob("*.py"))
+    files = [f for package in ("moonpipe", "model_repository", "client", "gateway")
+             for f in sorted((root / package).rglob("*.py"))]
     files.append(root / "docker/render_model_repository.py")
     problems = static.check_python_compat([f for f in files if "__pycache__" not in f.parts])
     return CheckResult("image code is Python 3.10 compatible", "fail" if problems else "pass", "\n".join(problems))

@@ -70,6 +70,22 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def wait_until_idle(server: ServerHandle, cancelled_before: float, timeout: float = 20.0) -> None:
+    """Until the metrics show one more cancelled request, no running sequence, no pages in use."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = server.metrics_text()
+        cancelled = metric_value(text, "moonpipe_requests_total", finish_reason="cancelled")
+        pages = metric_value(text, "moonpipe_kv_pages_in_use")
+        running = metric_value(text, "moonpipe_running_sequences")
+        if cancelled >= cancelled_before + 1 and pages == 0 and running == 0:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not idle after {timeout} s: cancelled={cancelled} (before {cancelled_before}), "
+                        f"kv_pages_in_use={pages}, running={running}")
+        time.sleep(0.2)
+
+
 def make_png(width: int = 320, height: int = 240) -> bytes:
     """A small synthetic PNG (a red ball on a table) as encoded bytes."""
     from PIL import Image, ImageDraw

@@ -33,15 +33,21 @@ from moonpipe_client.results import (
     Answer,
     Box,
     Caption,
+    Chunk,
     Detection,
     Point,
     Points,
+    Result,
     ResultBuilder,
     Segment,
 )
 from moonpipe_client.stream import AsyncStream, Extract
 
 __all__ = ["AsyncClient"]
+
+
+def _each_chunk(chunk: Chunk) -> list[Chunk]:
+    return [chunk]
 
 
 class AsyncClient:
@@ -82,6 +88,17 @@ class AsyncClient:
             return self._get_stub().ModelStreamInfer(iter([request]), **self.connection.call_options(self.timeout))
 
         return AsyncStream(start, ResultBuilder(skill, stream), extract, self.url)
+
+    def chunks(self, skill: str, image: ImageInput, prompt: str = "", *, stream: bool = False,
+               settings: Settings | None = None) -> AsyncStream[Chunk, Result]:
+        """The raw form of every skill: ``async for`` each parsed response (:class:`Chunk`).
+
+        For callers that forward the output elsewhere (the REST gateway): each chunk carries
+        the text delta, new points/boxes, and on the final one ``svg_path``, the finish
+        reason and token counts; ``result`` holds the typed result afterwards. ``cancel()``
+        (or leaving ``async with``) cancels the request on the server.
+        """
+        return self._open(skill, image, prompt, stream, settings or Settings(), _each_chunk)
 
     async def _wait(self, handle: AsyncStream[Any, Any]) -> Any:
         try:

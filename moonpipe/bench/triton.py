@@ -9,12 +9,19 @@ with ``streams`` requests in flight. Reported per path: generated tokens/s, requ
 TTFT, inter-token latency (per request, see :mod:`moonpipe.bench.latency`) and the gaps
 between streamed chunks; and the Triton/in-process ratios from the same run.
 
-Both paths run on the same cores: over gRPC the client, tritonserver and the stub share
-them, so on a 2-core machine the ratio includes the client's own CPU.
+With ``rest=True`` (``--rest``) a third path goes through the REST gateway
+(``moonpipe_gateway``, its own process, in front of the same tritonserver): the same
+streamed captions as Moondream ``/v1/caption`` SSE requests (:mod:`moonpipe.bench.rest`),
+reported against the direct gRPC path of the same run.
+
+All paths run on the same cores: over gRPC the client, tritonserver and the stub share
+them (and the gateway, on the REST path), so on a 2-core machine the ratios include the
+clients' own CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import statistics
 import tempfile
@@ -29,6 +36,7 @@ import torch
 from moonpipe.bench.common import device_name
 from moonpipe.bench.latency import Trace, trace_summaries
 from moonpipe.bench.load import RequestSpec, jpeg_image, run_in_process, run_over_grpc
+from moonpipe.bench.rest import run_over_rest, running_gateway
 from moonpipe.bench.server import bench_model_repository, fixed_length_checkpoint, running_server
 from moonpipe.config import EngineConfig
 from moonpipe.engine import Engine
@@ -60,9 +68,9 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else 0.0
 
 
-def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, tokens: int,
+def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, tokens: int, rest: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run both paths at every stream count; returns the JSON document."""
+    """Run every path at every stream count; returns the JSON document."""
     max_streams = max(streams)
     image = jpeg_image(0)
     params = {"device": "cpu", "dtype": "float32", "max_batch_size": str(max_streams), "pipeline_depth": "2",
@@ -82,11 +90,15 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
                                      max_batch_size=max_streams, pipeline_depth=2, cpu_worker="process"))
         try:
             t0 = time.perf_counter()
-            with running_server(repo, ckpt) as server:
+            with running_server(repo, ckpt) as server, contextlib.ExitStack() as stack:
                 url = server.urls.grpc
-                log(f"  tritonserver ready at {url} ({time.perf_counter() - t0:.1f} s); warming up both paths")
+                gateway = stack.enter_context(running_gateway(url, Path(tmp) / "gateway.log")) if rest else ""
+                log(f"  tritonserver ready at {url} ({time.perf_counter() - t0:.1f} s)"
+                    + (f", gateway at {gateway}" if rest else "") + "; warming up every path")
                 run_in_process(engine, specs(max_streams), max_streams, tag="warm")
                 run_over_grpc(url, specs(max_streams), max_streams)
+                if rest:
+                    run_over_rest(gateway, specs(max_streams), max_streams)
                 for n in streams:
                     log(f"  streams={n:>3}: {requests} requests in-process ...")
                     local = path_metrics(run_in_process(engine, specs(requests), n, tag=f"s{n}"))
@@ -100,6 +112,9 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
                         "ttft_p50_ratio": _ratio(remote["ttft"]["p50_ms"], local["ttft"]["p50_ms"]),
                         "itl_p50_ratio": _ratio(remote["itl"]["p50_ms"], local["itl"]["p50_ms"]),
                     })
+                    if rest:
+                        log(f"  streams={n:>3}: {requests} requests through the REST gateway ...")
+                        rows[-1].update(_gateway_metrics(run_over_rest(gateway, specs(requests), n), remote))
                     log(format_row(rows[-1]))
         finally:
             engine.shutdown()
@@ -111,9 +126,21 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
         "model": model,
         "dtype": "float32",
         "workload": f"streamed caption, {tokens} tokens (eos banned), same image, closed loop",
+        "paths": ["in_process", "triton", *(["gateway"] if rest else [])],
         "tokens_per_request": tokens,
         "requests": requests,
         "rows": rows,
+    }
+
+
+def _gateway_metrics(traces: Sequence[Trace], grpc: dict[str, Any]) -> dict[str, Any]:
+    """The REST path's block of a row and its ratios to the direct gRPC path."""
+    gateway = path_metrics(traces)
+    return {
+        "gateway": gateway,
+        "gateway_tokens_per_s_ratio": _ratio(gateway["tokens_per_s"], grpc["tokens_per_s"]),
+        "gateway_ttft_p50_ratio": _ratio(gateway["ttft"]["p50_ms"], grpc["ttft"]["p50_ms"]),
+        "gateway_itl_p50_ratio": _ratio(gateway["itl"]["p50_ms"], grpc["itl"]["p50_ms"]),
     }
 
 
@@ -129,14 +156,18 @@ def _path_line(streams: int, name: str, m: dict[str, Any]) -> str:
             f"{m['chunks_per_request']:>6.1f} {m['errors']:>4}")
 
 
+def _ratio_line(n: int, row: dict[str, Any], prefix: str, what: str) -> str:
+    return (f"{n:>7} {'ratio':>10} {row[prefix + 'tokens_per_s_ratio']:>8.2f}x{'':>7} "
+            f"{row[prefix + 'ttft_p50_ratio']:>8.2f}x{'':>16}{row[prefix + 'itl_p50_ratio']:>7.2f}x   ({what})")
+
+
 def format_row(row: dict[str, Any]) -> str:
     n = row["streams"]
-    return "\n".join([
-        _path_line(n, "in-process", row["in_process"]),
-        _path_line(n, "triton", row["triton"]),
-        f"{n:>7} {'ratio':>10} {row['tokens_per_s_ratio']:>8.2f}x{'':>7} {row['ttft_p50_ratio']:>8.2f}x"
-        f"{'':>16}{row['itl_p50_ratio']:>7.2f}x   (triton / in-process)",
-    ])
+    lines = [_path_line(n, "in-process", row["in_process"]), _path_line(n, "triton", row["triton"]),
+             _ratio_line(n, row, "", "triton / in-process")]
+    if "gateway" in row:
+        lines += [_path_line(n, "gateway", row["gateway"]), _ratio_line(n, row, "gateway_", "gateway / triton")]
+    return "\n".join(lines)
 
 
 def format_triton_table(doc: dict[str, Any]) -> str:
@@ -156,7 +187,9 @@ def plot_triton(doc: dict[str, Any], out: Path) -> Path:
     rows = doc["rows"]
     streams = [r["streams"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    paths = (("in_process", "in-process"), ("triton", "Triton gRPC streaming"))
+    paths = [("in_process", "in-process"), ("triton", "Triton gRPC streaming")]
+    if rows and "gateway" in rows[0]:
+        paths.append(("gateway", "REST gateway (SSE)"))
     for key, label in paths:
         axes[0].plot(streams, [r[key]["tokens_per_s"] for r in rows], "o-", label=label)
         for ax, metric in ((axes[1], "ttft"), (axes[2], "itl")):

@@ -114,7 +114,10 @@ def _register_triton(kinds: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--streams", type=_ints, default=[1, 8], help="comma-separated concurrency levels (default 1,8)")
     p.add_argument("--requests", type=int, default=16, help="requests per stream count and path (default 16)")
     p.add_argument("--tokens", type=int, default=32, help="output tokens per request (default 32)")
-    _output_options(p, "triton-<device>-<model>")
+    p.add_argument("--rest", action="store_true",
+                   help="also run every stream count through the REST gateway (moonpipe_gateway, Moondream "
+                   "/v1/caption SSE) and report it against direct gRPC (default: off)")
+    _output_options(p, "triton[-rest]-<device>-<model>")
     p.set_defaults(func=_run_triton)
 
 
@@ -122,12 +125,14 @@ def _run_triton(args: argparse.Namespace) -> int:
     from moonpipe.bench.common import device_name, slug
     from moonpipe.bench.triton import format_triton_table, plot_triton, run_triton_bench
 
-    out = output_path(args, f"triton-{slug(device_name('cpu'))}-{args.model}")
+    name = "triton-rest" if args.rest else "triton"
+    out = output_path(args, f"{name}-{slug(device_name('cpu'))}-{args.model}")
     t0 = time.perf_counter()
     print(f"moonpipe bench triton: {args.model} on {device_name('cpu')}; streams {args.streams}, "
-          f"{args.requests} requests x {args.tokens} tokens per stream count and path", flush=True)
+          f"{args.requests} requests x {args.tokens} tokens per stream count and path"
+          + ("; paths in-process, gRPC, REST gateway" if args.rest else ""), flush=True)
     doc = run_triton_bench(model=args.model, streams=args.streams, requests=args.requests, tokens=args.tokens,
-                           log=_progress)
+                           rest=args.rest, log=_progress)
     return _report(format_triton_table(doc), doc, out, None if args.no_plot else plot_triton, args.plot, t0)
 
 

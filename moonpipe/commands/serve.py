@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from moonpipe.commands.gateway import add_gateway_arguments, gateway_usage, start_gateway
 from moonpipe.repository import PARAM_ENV_PREFIX, overrides_from_env, parse_override
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ CHECKPOINT_ENV = "MOONPIPE_CHECKPOINT"
 # (what, argparse dest, make variable, flag) of each port
 _PORTS = (("HTTP", "http_port", "HTTP_PORT", "--http-port"), ("gRPC", "grpc_port", "GRPC_PORT", "--grpc-port"),
           ("metrics", "metrics_port", "METRICS_PORT", "--metrics-port"))
+_GATEWAY_PORT = ("REST gateway", "gateway_port", "GATEWAY_PORT", "--gateway-port")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +43,14 @@ class InstancePaths:
 
     log: Path
     repository: Path  # the rendered copy of the model repository (with --param)
+    gateway_log: Path
 
 
 def instance_paths(grpc_port: int, base: Path = RUNTIME_DIR) -> InstancePaths:
     """An instance's files, named by its gRPC port (two servers cannot share a port)."""
     return InstancePaths(log=base / f"tritonserver-{grpc_port}.log",
-                         repository=base / f"model_repository-{grpc_port}")
+                         repository=base / f"model_repository-{grpc_port}",
+                         gateway_log=base / f"gateway-{grpc_port}.log")
 
 
 def write_sample_image(path: Path) -> Path:
@@ -108,20 +112,23 @@ def _port_problem(args: argparse.Namespace) -> str | None:
     """Why the chosen ports cannot be used (naming the make variable and flag), or None."""
     from moonpipe.triton_local import port_in_use
 
+    ports = [(*p, args.host) for p in _PORTS]
+    if not args.no_gateway:
+        ports.append((*_GATEWAY_PORT, args.gateway_host or args.host))
     seen: dict[int, str] = {}
-    for what, dest, _, _ in _PORTS:
+    for what, dest, _, _, _ in ports:
         port = getattr(args, dest)
         if port in seen:
             return f"the {seen[port]} and {what} ports are both {port}; give each its own"
         seen[port] = what
     lines = []
-    for what, dest, variable, flag in _PORTS:
+    for what, dest, variable, flag, host in ports:
         port = getattr(args, dest)
-        if not port_in_use(args.host, port):
+        if not port_in_use(host, port):
             continue
-        free = next((p for p in range(port + 1000, 65536, 1000) if p not in seen and not port_in_use(args.host, p)),
+        free = next((p for p in range(port + 1000, 65536, 1000) if p not in seen and not port_in_use(host, p)),
                     None)
-        lines.append(f"port {port} ({what}) on {args.host} is in use (another moonpipe serve or tritonserver?); "
+        lines.append(f"port {port} ({what}) on {host} is in use (another moonpipe serve or tritonserver?); "
                      f"choose another: make serve {variable}={free or 'N'}, or moonpipe serve {flag} {free or 'N'}")
     return "\n".join(lines) or None
 
@@ -158,11 +165,13 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"starting tritonserver (log: {log_path}) ...", flush=True)
     start = time.perf_counter()
+    gateway = None
     try:
         server.start()
         server.wait_ready(timeout=args.ready_timeout)
         grpc = server.urls.grpc
         url_flag = "" if grpc == "127.0.0.1:8001" else f" --url {grpc}"
+        gateway = start_gateway(args, grpc, paths.gateway_log.resolve())
         client = Path(sys.prefix) / "bin" / "moonpipe-client"
         shown = os.path.relpath(client) if client.exists() else "moonpipe-client"
         print(
@@ -171,7 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"checkpoint {checkpoint}\n\n"
             f"Try, in another terminal:\n\n"
             f"    {shown}{url_flag} caption {os.path.relpath(sample)} --stream\n\n"
-            f"Ctrl-C stops the server.\n",
+            + (gateway_usage(gateway, sample) + "\n" if gateway is not None else "")
+            + "Ctrl-C stops the server.\n",
             flush=True,
         )
         return _follow(server, log_path, args.quiet)
@@ -182,6 +192,8 @@ def _serve(args: argparse.Namespace) -> int:
         print("\nstopping tritonserver ...", flush=True)
         return 0
     finally:
+        if gateway is not None:
+            gateway.stop()
         code = server.stop()
         if code is not None:
             print(f"tritonserver stopped (exit code {code})", flush=True)
@@ -225,4 +237,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="how long to wait for the model to load (default 300)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the server log here")
+    add_gateway_arguments(parser)
     parser.set_defaults(func=_serve)

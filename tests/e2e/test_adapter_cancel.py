@@ -5,34 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Caller, ServerHandle, build_inputs, metric_value
+from conftest import Caller, ServerHandle, build_inputs, wait_until_idle
 
 pytestmark = pytest.mark.e2e
 
 # A sampled caption from the synthetic checkpoint practically never samples eos early: it
 # streams ~10 s of tokens, so it is cancelled long before its end.
 LONG: dict[str, Any] = {"max_tokens": 1000, "temperature": 1.0, "stream": True}
-
-
-def _wait_until_idle(server: ServerHandle, cancelled_before: float, timeout: float = 20.0) -> None:
-    """Until the metrics show one more cancelled request, no running sequence, no pages in use."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = server.metrics_text()
-        cancelled = metric_value(text, "moonpipe_requests_total", finish_reason="cancelled")
-        pages = metric_value(text, "moonpipe_kv_pages_in_use")
-        running = metric_value(text, "moonpipe_running_sequences")
-        if cancelled >= cancelled_before + 1 and pages == 0 and running == 0:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not idle after {timeout} s: cancelled={cancelled} (before {cancelled_before}), "
-                        f"kv_pages_in_use={pages}, running={running}")
-        time.sleep(0.2)
 
 
 def test_cancel_mid_stream_ends_the_request_and_frees_its_pages(
@@ -46,7 +29,7 @@ def test_cancel_mid_stream_ends_the_request_and_frees_its_pages(
     finally:
         stream.close(cancel=True)
 
-    _wait_until_idle(triton_server, before)
+    wait_until_idle(triton_server, before)
     assert "finish=cancelled" in triton_server.log_text()
 
 
@@ -76,7 +59,7 @@ def test_disconnect_mid_stream_ends_the_request_and_frees_its_pages(
         client.kill()  # no goodbye: the connection just drops
         client.wait(timeout=10)
 
-    _wait_until_idle(triton_server, before)
+    wait_until_idle(triton_server, before)
 
 
 def test_server_keeps_serving_after_cancellations(moondream: Caller, sample_image_bytes: bytes) -> None:
