@@ -207,8 +207,10 @@ def test_shutdown_mid_load_ends_every_request(ckpt: Path) -> None:
 
 
 def test_bad_requests_are_rejected_before_queueing(engine: Engine) -> None:
-    with pytest.raises(InvalidRequest, match="IMAGE"):
-        engine.submit(Request("bad", "caption", b"not an image"), CollectSink())
+    bad_image = CollectSink()  # images decode off the caller's thread: the error comes to the sink
+    engine.submit(Request("bad", "caption", b"not an image"), bad_image)
+    assert bad_image.done.wait(30) and bad_image.num_finals == 1
+    assert isinstance(bad_image.errors[0], InvalidRequest) and "IMAGE" in str(bad_image.errors[0])
     with pytest.raises(InvalidRequest, match="PROMPT"):
         engine.submit(Request("long-prompt", "query", png_bytes(1), "word " * 5000), CollectSink())
     assert engine.stats().requests_submitted == 0
