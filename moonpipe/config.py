@@ -208,7 +208,7 @@ class EngineConfig:
     max_queue: int = 1024
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 32 * 1024 * 1024
-    max_image_scans: int = 100  # progressive JPEG scans (a normal one has about 10)
+    max_image_scans: int = 32  # progressive JPEG scans (a normal one has about 10)
     max_image_decode_ms: int = 10_000  # time one image may take to decode
     image_decode_workers: int = 2  # threads that decode images off the submitting thread
     max_prompt_tokens: int = 512

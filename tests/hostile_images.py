@@ -24,6 +24,8 @@ from PIL import Image
 
 __all__ = [
     "ORIENTATION_6",
+    "avif_without_its_image",
+    "dds_with_unknown_pixel_format",
     "ico_wrapping_png",
     "jpeg_with_exif",
     "mutated_images",
@@ -196,3 +198,19 @@ def jpeg_with_exif(entries: list[tuple[int, int, int, bytes]]) -> bytes:
 
 
 ORIENTATION_6 = (0x0112, 3, 1, struct.pack("<HH", 6, 0))  # SHORT 6: rotate 90 on display
+
+
+def avif_without_its_image() -> bytes:
+    """A small AVIF whose primary-item box (``pitm``) points at an item that does not exist:
+    libavif refuses it with a ``RuntimeError`` (main answered INTERNAL)."""
+    data = seed_files()["AVIF"]
+    item = data.index(b"pitm") + 8  # after the box type and its version/flags
+    return data[:item] + b"\x00\x07" + data[item + 2:]
+
+
+def dds_with_unknown_pixel_format() -> bytes:
+    """A DDS file whose pixel-format flags are zero: Pillow raises ``NotImplementedError``
+    (main answered INTERNAL; DDS is not an accepted format now)."""
+    data = bytearray(seed_files()["DDS"])
+    data[80:84] = b"\x00\x00\x00\x00"  # DDS_PIXELFORMAT.dwFlags
+    return bytes(data)

@@ -13,11 +13,17 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from moonpipe.errors import InvalidRequest
 from moonpipe.model.image_errors import caller_image_errors
-from moonpipe.model.image_limits import Deadline, DeadlineStream, check_container, open_accepted
+from moonpipe.model.image_limits import (
+    DECODE_BLOCK_BYTES,
+    Deadline,
+    DeadlineStream,
+    check_container,
+    open_accepted,
+)
 
 __all__ = [
     "CROP_SIZE",
@@ -94,6 +100,8 @@ def decode_image(data: bytes, *, max_pixels: int, max_scans: int | None = None,
                 raise InvalidRequest(f"IMAGE: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
             # No seek(0): a file opens at its first frame (a Photoshop file at its merged
             # image, which is not frame 0: seeking there fails).
+            if isinstance(img, ImageFile.ImageFile):
+                img.decodermaxblock = DECODE_BLOCK_BYTES  # the deadline is checked per block
             img.load()
             if deadline is not None:
                 deadline.check()

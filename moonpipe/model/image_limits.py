@@ -12,9 +12,10 @@
   tens of seconds). :func:`count_jpeg_scans` walks the markers (no decoding) so a file
   with more than ``max_scans`` scans is refused up front.
 - **Time**: :class:`Deadline` bounds the rest. Decoders pull their input through
-  :class:`DeadlineStream`, which raises once the deadline passed; the decoder checks in
-  between steps too. A step in progress (one chunk of input, a resize) is not
-  interrupted: the pixel and scan limits bound the longest one.
+  :class:`DeadlineStream`, which raises once the deadline passed, in pieces of
+  :data:`DECODE_BLOCK_BYTES` (Pillow's default is 64 KiB: enough repeated JPEG scans to
+  decode for a minute); the decoder checks in between steps too. A step in progress (one
+  piece of input, a resize) is not interrupted: the pixel and scan limits bound it.
 
 Every refusal is an ``InvalidRequest("IMAGE: ...")`` that says which limit was hit.
 """
@@ -34,6 +35,7 @@ from moonpipe.model.image_errors import ACCEPTED_DESCRIPTION
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "DECODE_BLOCK_BYTES",
     "Deadline",
     "DeadlineStream",
     "check_container",
@@ -44,6 +46,7 @@ __all__ = [
 # Pillow format names (``Image.open(formats=...)``); MPO files open through "JPEG".
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "PPM", "QOI", "ICO", "PSD")
 
+DECODE_BLOCK_BYTES = 4096  # input a decoder gets between two deadline checks
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _ICO_MAGIC = b"\x00\x00\x01\x00"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
