@@ -19,6 +19,7 @@ import io
 import struct
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -26,6 +27,7 @@ __all__ = [
     "ORIENTATION_6",
     "avif_without_its_image",
     "dds_with_unknown_pixel_format",
+    "derandomized",
     "ico_wrapping_png",
     "jpeg_with_exif",
     "mutated_images",
@@ -95,6 +97,13 @@ def seed_files() -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------- mutations
+
+def derandomized(max_examples: int) -> settings:
+    """Hypothesis settings for a fuzz run CI can repeat: the same ``max_examples`` files in
+    every run (derandomized, no example database), no per-example deadline."""
+    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=list(HealthCheck))
+
 
 _EXTREMES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00",
              b"\x00\x01", b"\xff\xfe", b"\x00\x00\x01\x00")

@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-from hostile_images import mutated_images, repeated_scan_jpeg
-from hypothesis import HealthCheck, given, settings
+from hostile_images import derandomized, mutated_images, repeated_scan_jpeg
+from hypothesis import given
 
 from reliability.conftest import Target
 from reliability.support import (
@@ -65,8 +65,7 @@ def test_a_slow_image_does_not_hold_up_another_request(fresh_server_factory: Any
 def test_damaged_images_through_the_server_are_never_internal(target: Target) -> None:
     answers: list[str] = []
 
-    @settings(max_examples=16, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @derandomized(16)
     @given(case=mutated_images())
     def send(case: tuple[str, bytes]) -> None:
         name, data = case

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from engine_support import CollectSink, png_bytes
-from hostile_images import mutated_images
-from hypothesis import HealthCheck, given, settings
+from hostile_images import derandomized, mutated_images
+from hypothesis import given
 
 import moonpipe.model.decode_pool as decode_pool
 from moonpipe.config import EngineConfig
@@ -99,8 +99,7 @@ def test_damaged_images_through_the_engine_are_never_internal(ckpt: Path) -> Non
     with Engine(EngineConfig(checkpoint=str(ckpt), max_image_pixels=4_000_000)) as engine:
         seen: list[str] = []
 
-        @settings(max_examples=40, derandomize=True, database=None, deadline=None,
-                  suppress_health_check=list(HealthCheck))
+        @derandomized(40)
         @given(case=mutated_images())
         def run(case: tuple[str, bytes]) -> None:
             name, data = case

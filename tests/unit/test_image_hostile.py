@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hostile_images import (
     ORIENTATION_6,
+    derandomized,
     ico_wrapping_png,
     jpeg_with_exif,
     mutated_images,
@@ -26,7 +27,7 @@ from hostile_images import (
     repeated_scan_jpeg,
     seed_files,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from PIL import Image, ImageFile
 
 from moonpipe.errors import InvalidRequest
@@ -44,8 +45,6 @@ from moondream_io import error_message  # the adapter's classification
 
 MAX_PIXELS = 4_000_000
 FUZZ_EXAMPLES = 2000
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, derandomize=True, database=None, deadline=None,
-                suppress_health_check=list(HealthCheck))
 
 
 def classify(decode: Callable[[bytes], object], data: bytes) -> tuple[str, str]:
@@ -64,7 +63,7 @@ def fuzz_outcomes(decode: Callable[[bytes], object]) -> tuple[Counter[str], list
     counts: Counter[str] = Counter()
     internal: list[str] = []
 
-    @FUZZ
+    @derandomized(FUZZ_EXAMPLES)
     @given(case=mutated_images())
     def run(case: tuple[str, bytes]) -> None:
         name, data = case
