@@ -311,6 +311,9 @@ def test_a_crash_mid_commit_still_delivers_finals_decided_before_it(
             c = real(request, *args, **kw)  # type: ignore[arg-type]
             return Exploding(c) if request.request_id == "b" else c
 
+        # Images decode in a pool, so a and b reach the scheduler together only if their
+        # image is already known (then submit queues them at once, in order).
+        run_all(eng, [Request("warm", "caption", png_bytes(1), max_tokens=1)])
         monkeypatch.setattr(eng.skills, "make_constraint", make)
         sinks = run_all(eng, [Request("a", "caption", png_bytes(1), max_tokens=1, temperature=0.0),
                               Request("b", "caption", png_bytes(1), max_tokens=5, temperature=0.0)])
