@@ -10,6 +10,9 @@
 #   MOONPIPE_VENV                the Python environment the stub uses (/opt/moonpipe/.venv)
 #   MOONPIPE_PARAM_<name>        overrides config.pbtxt parameter <name> (see render_model_repository.py)
 #   MOONPIPE_EXIT_TIMEOUT_SECS   how long tritonserver waits for in-flight requests on SIGTERM (30)
+#   MOONPIPE_ADMIN_KEY           the key Triton's admin APIs (model repository, shared memory,
+#                                trace, logging) require in header moonpipe-admin-key; unset:
+#                                a random key, so they are closed (moonpipe/triton_limits.py)
 #   TRITON_EXTRA_ARGS            extra tritonserver flags, split on whitespace
 # Arguments: flags starting with '-' are appended to tritonserver's; any other command
 # (e.g. `bash`) is run instead of the server.
@@ -53,6 +56,16 @@ rendered="${runtime_dir}/model_repository"
 "${python}" "${script_dir}/render_model_repository.py" "${source_repo}" "${rendered}" \
     --env-path "${venv_dir}"
 
+# The stub's shared-memory region fixed for config.pbtxt's max_image_bytes, and the admin
+# APIs behind MOONPIPE_ADMIN_KEY: the same flags moonpipe serve and the tests use.
+limits="$("${python}" -m moonpipe.triton_limits "${rendered}")"
+mapfile -t limit_args <<< "${limits}"
+if [[ -n "${MOONPIPE_ADMIN_KEY:-}" ]]; then
+    log "admin APIs need header moonpipe-admin-key (MOONPIPE_ADMIN_KEY)"
+else
+    log "admin APIs closed (set MOONPIPE_ADMIN_KEY to use them)"
+fi
+
 read -r -a extra_args <<< "${TRITON_EXTRA_ARGS:-}"
 log "starting tritonserver on ${rendered}"
 # Not exec: docker stop / the kubelet signal PID 1 only, but the Python-backend stub must
@@ -63,6 +76,7 @@ tritonserver \
     --disable-auto-complete-config \
     --exit-timeout-secs="${MOONPIPE_EXIT_TIMEOUT_SECS:-30}" \
     --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
+    "${limit_args[@]}" \
     "${extra_args[@]}" \
     "$@" &
 server=$!

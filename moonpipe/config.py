@@ -241,6 +241,9 @@ class EngineConfig:
     max_queue: int = 1024
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 32 * 1024 * 1024
+    max_image_scans: int = 32  # progressive JPEG scans (a normal one has about 10)
+    max_image_decode_ms: int = 10_000  # time one image may take to decode
+    image_decode_workers: int = 2  # threads that decode images off the submitting thread
     max_prompt_tokens: int = 512
     image_cache_size: int = 16
     # images whose prefix KV (BOS + image tokens) is kept and shared by later requests
@@ -267,7 +270,8 @@ class EngineConfig:
         if self.pipeline_depth not in (1, 2):
             raise ValueError(f"EngineConfig.pipeline_depth must be 1 (blocking) or 2 (pipelined), got {self.pipeline_depth}")
         _positive(self, "max_batch_size", "kv_page_size", "max_queue", "max_image_pixels",
-                  "max_image_bytes", "max_prompt_tokens", "image_cache_size", "compute_threads")
+                  "max_image_bytes", "max_image_scans", "max_image_decode_ms", "image_decode_workers",
+                  "max_prompt_tokens", "image_cache_size", "compute_threads")
         if self.cpu_worker not in _CPU_WORKERS:
             raise ValueError(f"EngineConfig.cpu_worker must be one of {_CPU_WORKERS}, got {self.cpu_worker!r}")
         if self.prefix_cache_size < 0:

@@ -2,7 +2,9 @@
 
 Threads::
 
-    caller(s)        submit(): validate, decode + crop the image, tokenise -> inbox
+    caller(s)        submit(): validate, tokenise; the image -> decode pool (or, if its
+                     bytes were seen before, straight to the inbox)
+    image decoders   decode + crop off the caller's thread (model/decode_pool.py) -> inbox
     scheduler        owns every mutable structure; the tick (scheduler/scheduler.py)
     compute worker   CPU only: runs forwards/sampling in order (a thread,
                      runtime/cpu_stream.py, or a process, runtime/device_process.py)
@@ -10,32 +12,34 @@ Threads::
     output           detokenise, post-process, call the Sink (output.py)
 
 Every submitted request gets exactly one ``on_result`` or ``on_error``: normal end,
-cancellation (``finish_reason == "cancelled"``), a failed step, shutdown, or a crashed
-scheduler thread (``ready`` turns False and pending requests get ``EngineStopped``).
+cancellation (``finish_reason == "cancelled"``), a bad image (``InvalidRequest``, from a
+decode worker), a failed step, shutdown, or a crashed scheduler thread (``ready`` turns
+False and pending requests get ``EngineStopped``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from moonpipe.affinity import pin_thread
 from moonpipe.config import EngineConfig, KVLayout, ModelConfig, torch_dtype
 from moonpipe.errors import (
     CheckpointError,
+    EngineError,
     EngineStopped,
     InvalidRequest,
     QueueFull,
     RequestTooLarge,
     raise_limit_hint,
 )
-from moonpipe.model.image import decode_image, overlap_crops
+from moonpipe.model.decode_pool import DecodedImage, ImageDecodePool, ImageLimits
 from moonpipe.model.moondream import MoondreamModel
 from moonpipe.model.tokenizer import Tokenizer
 from moonpipe.model.weights import load_model
@@ -91,11 +95,17 @@ class Engine:
         self.output = OutputProcessor(tokenizer, cpus=self.runner.streams.host_cpus)
         self._lock = threading.Lock()
         self._active: set[str] = set()
+        self._decoding: dict[str, bool] = {}  # request id -> aborted, while its image decodes
         self._ids = itertools.count()
         self._accepting = True
         self._alive = True
         self.scheduler = Scheduler(self.runner, self.output, self.telemetry, config, self.kv_layout,
                                    on_final=self._forget_request)
+        limits = ImageLimits(config.max_image_pixels, config.max_image_scans,
+                             config.max_image_decode_ms / 1000.0, model_config.vision.max_crops)
+        host_cpus = self.runner.streams.host_cpus
+        self._images = ImageDecodePool(limits, config.image_decode_workers,
+                                       on_worker_start=lambda: pin_thread(host_cpus))
         self._thread = threading.Thread(target=self._run, name="moonpipe-scheduler", daemon=True)
         self._thread.start()
 
@@ -106,7 +116,11 @@ class Engine:
                 and self.runner.streams.compute.healthy)
 
     def submit(self, request: Request, sink: Sink) -> None:
-        """Validate and queue ``request``; raises before queuing anything if it is bad."""
+        """Validate and queue ``request``; raises before queuing anything if it is bad.
+
+        The image is decoded afterwards, off this thread: a bad image ends the request
+        through ``sink.on_error`` (``InvalidRequest("IMAGE: ...")``), not by raising here.
+        """
         if not self.ready:
             raise EngineStopped("UNAVAILABLE: the engine is not accepting requests")
         seq = self._prepare(request, sink)
@@ -117,9 +131,14 @@ class Engine:
                 raise InvalidRequest(f"request id {request.request_id!r} is already in flight")
             if len(self._active) >= self.config.max_queue + self.config.max_batch_size:
                 raise QueueFull(f"UNAVAILABLE: {len(self._active)} requests in flight; retry later")
+            # Identical bytes were decoded (and valid) before if their embedding or their
+            # prefix is cached: a racy hint, a miss at prefill time decodes there.
+            if self.runner.has_image(seq.image_key) or self.scheduler.has_cached_prefix(seq.image_key):
+                self._enqueue(seq)
+            else:
+                self._images.submit(seq.image, functools.partial(self._image_decoded, seq))
+                self._decoding[request.request_id] = False
             self._active.add(request.request_id)
-            self.telemetry.count_request(submitted=1, prompt_tokens=seq.num_prompt_tokens)
-            self.scheduler.inbox.put(Command("submit", seq=seq))
 
     @property
     def num_in_flight(self) -> int:
@@ -129,11 +148,15 @@ class Engine:
 
     def abort(self, request_id: str) -> None:
         """Cancel a request (idempotent): it ends with finish_reason 'cancelled'."""
+        with self._lock:
+            if request_id in self._decoding:  # the scheduler does not know it yet: repeat later
+                self._decoding[request_id] = True
         self.scheduler.inbox.put(Command("abort", request_id=request_id))
 
     def stats(self) -> EngineStats:
-        return self.telemetry.snapshot(ready=self.ready, pipeline_depth=self.config.pipeline_depth,
-                                       **self.scheduler.live_counts())
+        live = self.scheduler.live_counts()
+        live["queue_depth"] += self._images.num_pending  # waiting for their image, then admission
+        return self.telemetry.snapshot(ready=self.ready, pipeline_depth=self.config.pipeline_depth, **live)
 
     def clear_prefix_cache(self) -> None:
         """Drop every prefix-cache entry (pages no request holds become free)."""
@@ -150,6 +173,7 @@ class Engine:
                 return
             self._accepting = False
         self.scheduler.inbox.put(Command("stop"))
+        self._images.close(timeout=timeout)  # queued images: EngineStopped; decoding ones finish
         self._thread.join(timeout=timeout)
         if self._thread.is_alive():
             # Still draining (e.g. a long CPU prefill): closing the workers or the output
@@ -173,13 +197,6 @@ class Engine:
             raise InvalidRequest(f"IMAGE: {len(request.image)} bytes is over the limit of {cfg.max_image_bytes}; "
                                  f"send it smaller (JPEG, fewer pixels), {raise_limit_hint('max_image_bytes')}")
         key = image_key(bytes(request.image))
-        crops: np.ndarray | None = None
-        tiling = (1, 1)
-        # Identical bytes were decoded (and valid) before if their embedding or their prefix
-        # is cached: a racy hint, a miss at prefill time decodes there.
-        if not (self.runner.has_image(key) or self.scheduler.has_cached_prefix(key)):
-            image = decode_image(bytes(request.image), max_pixels=cfg.max_image_pixels)
-            crops, tiling = overlap_crops(image, self.model_config.vision.max_crops)
         constraint = self.skills.make_constraint(request, self._mask_index,
                                                  max_prompt_tokens=cfg.max_prompt_tokens)
         temperature, top_p, max_tokens, _ = sampling_defaults(request)
@@ -198,10 +215,30 @@ class Engine:
             )
         return Sequence(
             seq_id=next(self._ids), request=request, sink=sink, constraint=constraint,
-            prompt_ids=prompt_ids, crops=crops, tiling=tiling, image_key=key, image=bytes(request.image),
+            prompt_ids=prompt_ids, crops=None, tiling=(1, 1), image_key=key, image=bytes(request.image),
             temperature=float(temperature), top_p=float(top_p), num_prompt_tokens=prefix,
             max_outputs=max_outputs, num_positions=num_positions, timings=Timings(submitted=time.perf_counter()),
         )
+
+    def _enqueue(self, seq: Sequence) -> None:
+        """Hand a request whose image is ready to the scheduler (``self._lock`` held)."""
+        self.telemetry.count_request(submitted=1, prompt_tokens=seq.num_prompt_tokens)
+        self.scheduler.inbox.put(Command("submit", seq=seq))
+
+    def _image_decoded(self, seq: Sequence, image: DecodedImage | None, error: EngineError | None) -> None:
+        """A decode worker finished ``seq``'s image: queue the request, or end it."""
+        if image is not None:
+            seq.crops, seq.tiling = image.crops, image.tiling
+        with self._lock:
+            aborted = self._decoding.pop(seq.request_id, False)
+            if error is None and self._alive and self._accepting:
+                self._enqueue(seq)
+                if aborted:
+                    self.scheduler.inbox.put(Command("abort", request_id=seq.request_id))
+                return
+            self._active.discard(seq.request_id)
+        seq.sink.on_error(seq.request_id, error or EngineStopped(
+            "UNAVAILABLE: the engine stopped before this request's image was decoded"))
 
     def _forget_request(self, request_id: str) -> None:
         with self._lock:

@@ -10,7 +10,9 @@ gotchas of running Triton outside its container:
    model repository needs no ``EXECUTION_ENV_PATH`` and the same ``config.pbtxt`` runs in
    NVIDIA's container image, where ``python3`` is the image's own;
 3. the stub needs ``libpython3.X.so`` on ``LD_LIBRARY_PATH``;
-4. ``--disable-auto-complete-config`` and a short ``--exit-timeout-secs``.
+4. ``--disable-auto-complete-config`` and a short ``--exit-timeout-secs``;
+5. the limits of ``triton_limits.py``: the stub's shared-memory region fixed at its
+   start size (oversized requests cannot grow it) and the admin APIs behind a key.
 
 The server runs in its own session (process group), so :meth:`TritonServer.stop` can
 take down the stub processes with it; shared-memory regions the stub leaves behind in
@@ -37,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 
 from moonpipe.errors import EngineError
+from moonpipe.triton_limits import admin_key_from_env, server_limit_args
 
 __all__ = [
     "SHM_PREFIX",
@@ -214,13 +217,14 @@ class TritonServer:
     ``start()`` launches it (own process group, log to ``log_path``), ``wait_ready()``
     polls ``/v2/health/ready`` and fails early with the log tail if the process exits,
     ``stop()`` sends SIGTERM to the group (the stub drains on it), then SIGKILL to the whole group after a grace period, and
-    removes shared-memory regions left without an owner.
+    removes shared-memory regions left without an owner. The admin APIs need
+    ``admin_key`` (default: ``MOONPIPE_ADMIN_KEY``, else a random key: closed).
     """
 
     def __init__(self, model_repository: str | Path, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, env: Mapping[str, str] | None = None,
                  log_path: str | Path | None = None, host: str = "127.0.0.1",
-                 log_verbose: int = 0, extra_args: Sequence[str] = ()) -> None:
+                 log_verbose: int = 0, extra_args: Sequence[str] = (), admin_key: str | None = None) -> None:
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise TritonServerError(f"model repository {self.model_repository} does not exist")
@@ -237,6 +241,7 @@ class TritonServer:
         self.log_path = Path(log_path)
         self.log_verbose = log_verbose
         self.extra_args = tuple(extra_args)
+        self.admin_key = admin_key or admin_key_from_env()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -262,7 +267,9 @@ class TritonServer:
         prepare_stub(root)
         cmd = build_command(root, self.model_repository, host=self.host, http_port=self.http_port,
                             grpc_port=self.grpc_port, metrics_port=self.metrics_port,
-                            log_verbose=self.log_verbose, extra_args=self.extra_args)
+                            log_verbose=self.log_verbose,
+                            extra_args=[*server_limit_args(self.model_repository, self.admin_key),
+                                        *self.extra_args])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(

@@ -8,6 +8,9 @@ Each ``check_*`` function returns a list of problems (empty when the file is rig
 - the code the image runs parses and imports on the image's Python (3.10);
 - compose: the structure issue 8 asks for (GPU, shm, ports, volume, healthcheck, profiles)
   and that it agrees with the Dockerfile, Prometheus config and perf_analyzer inputs;
+- /dev/shm (compose ``shm_size``, the Kubernetes memory emptyDir) is bounded consistently
+  with ``max_image_bytes`` (``moonpipe.triton_limits.dev_shm_bounds``), and the admin key
+  comes from the environment (compose) or a Secret (Kubernetes), never from a file here;
 - Kubernetes: the kustomization lists exactly the directory's manifests, CRDs have
   their required fields, ports/probes/metric names agree across files.
 """
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from moonpipe.triton_limits import ADMIN_KEY_ENV, dev_shm_bounds
 
 MODEL_FILES = ("model_repository/moondream/config.pbtxt", "model_repository/moondream/1/model.py")
 CHECKPOINT_MOUNT = "/models/checkpoint"
@@ -220,6 +225,43 @@ def known_parameters(root: Path) -> set[str]:
             | _dataclass_fields(root / "model_repository/moondream/1/moondream_io.py", "AdapterConfig"))
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def size_bytes(text: Any, *, kubernetes: bool) -> int:
+    """A size -> bytes. Compose (``256m``, ``256mb``): units are binary however spelt.
+    Kubernetes (``256Mi``, ``256M``): ``Mi`` is binary, ``M`` decimal."""
+    found = _SIZE.match(str(text))
+    if not found:
+        raise ValueError(f"not a size: {text!r}")
+    number, unit, binary = found.groups()
+    power = "kmgt".index(unit.lower()) + 1 if unit else 0
+    base = 1000 if kubernetes and not binary else 1024
+    return int(float(number) * base**power)
+
+
+def _max_image_bytes(root: Path, overrides: dict[str, Any]) -> int:
+    value = overrides.get("MOONPIPE_PARAM_max_image_bytes")
+    if value is None:
+        found = re.search(r'key:\s*"max_image_bytes"\s*value:\s*\{\s*string_value:\s*"(\d+)"',
+                          (root / MODEL_FILES[0]).read_text())
+        value = found.group(1) if found else 32 << 20
+    return int(value)
+
+
+def check_shm_bound(root: Path, size: Any, overrides: dict[str, Any], where: str) -> list[str]:
+    """/dev/shm of ``size`` must hold the Python backend's fixed region and stay bounded."""
+    try:
+        actual = size_bytes(size, kubernetes=where != "compose")
+    except ValueError as exc:
+        return [f"{where}: /dev/shm {exc}"]
+    least, most = dev_shm_bounds(_max_image_bytes(root, overrides))
+    if not least <= actual <= most:
+        return [f"{where}: /dev/shm is {size} ({actual >> 20} MiB); with this max_image_bytes it must be "
+                f"{least >> 20}-{most >> 20} MiB (moonpipe.triton_limits.dev_shm_bounds)"]
+    return []
+
+
 def volume_parts(volume: Any) -> list[str]:
     """A short-syntax compose volume split on ':' (``${VAR:-default}`` kept whole)."""
     text = str(volume)
@@ -248,8 +290,13 @@ def check_compose(root: Path, compose_file: Path) -> list[str]:
         return ["compose: no `triton` service"]
     if (triton.get("build") or {}).get("dockerfile") != "docker/Dockerfile":
         problems.append("compose: triton does not build docker/Dockerfile")
+    environment = triton.get("environment") or {}
     if not triton.get("shm_size"):
         problems.append("compose: triton has no shm_size")
+    else:
+        problems.extend(check_shm_bound(root, triton["shm_size"], environment, "compose"))
+    if str(environment.get(ADMIN_KEY_ENV, "")).strip() not in ("", f"${{{ADMIN_KEY_ENV}:-}}"):
+        problems.append(f"compose: {ADMIN_KEY_ENV} must come from the shell's environment, not the file")
     published = {str(p).split(":")[-1].split("/")[0] for p in triton.get("ports") or []}
     problems.extend(f"compose: port {p} not published" for p in ("8000", "8001", "8002") if p not in published)
     devices = (((triton.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
@@ -259,7 +306,7 @@ def check_compose(root: Path, compose_file: Path) -> list[str]:
         problems.append(f"compose: no volume mounted at {CHECKPOINT_MOUNT}")
     if "/v2/health/ready" not in " ".join(map(str, (triton.get("healthcheck") or {}).get("test") or [])):
         problems.append("compose: triton healthcheck does not probe /v2/health/ready")
-    problems.extend(_check_param_overrides(triton.get("environment") or {}, known_parameters(root), "compose"))
+    problems.extend(_check_param_overrides(environment, known_parameters(root), "compose"))
     profiles = {p: name for name, svc in services.items() for p in svc.get("profiles") or []}
     for profile in ("loadtest", "monitoring"):
         if profile not in profiles:
@@ -369,6 +416,13 @@ def check_manifest_consistency(root: Path, docs: Sequence[dict[str, Any]]) -> li
     mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
     if not shm or mounts.get("/dev/shm") != shm[0]["name"]:
         problems.append("Deployment: /dev/shm is not a memory emptyDir")
+    else:
+        overrides = {k: v for cm in by_kind.get("ConfigMap", []) for k, v in (cm.get("data") or {}).items()}
+        problems.extend(check_shm_bound(root, shm[0]["emptyDir"].get("sizeLimit", "unbounded"), overrides,
+                                        "Deployment"))
+    key = next((e for e in container.get("env", []) if e.get("name") == ADMIN_KEY_ENV), None)
+    if key is None or "secretKeyRef" not in (key.get("valueFrom") or {}):
+        problems.append(f"Deployment: {ADMIN_KEY_ENV} must come from a Secret (valueFrom.secretKeyRef)")
     if mounts.get(CHECKPOINT_MOUNT) is None:
         problems.append(f"Deployment: nothing mounted at {CHECKPOINT_MOUNT}")
     if not (pod.get("securityContext") or {}).get("runAsNonRoot"):

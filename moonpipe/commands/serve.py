@@ -147,6 +147,15 @@ def _repository(args: argparse.Namespace, paths: InstancePaths) -> Path:
     return paths.repository.resolve()
 
 
+def _admin_note() -> str:
+    from moonpipe.triton_limits import ADMIN_APIS, ADMIN_KEY_ENV, ADMIN_KEY_HEADER
+
+    apis = ", ".join(ADMIN_APIS)
+    if os.environ.get(ADMIN_KEY_ENV):
+        return f"admin APIs ({apis}) need header {ADMIN_KEY_HEADER}: ${ADMIN_KEY_ENV}"
+    return f"admin APIs ({apis}) closed; set {ADMIN_KEY_ENV} to use them"
+
+
 def _serve(args: argparse.Namespace) -> int:
     from moonpipe.triton_local import TritonServer, TritonServerError
 
@@ -177,7 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(
             f"\nmoonpipe is ready in {time.perf_counter() - start:.1f} s: gRPC {grpc}, "
             f"HTTP {server.urls.http}, metrics {server.urls.metrics}\n"
-            f"checkpoint {checkpoint}\n\n"
+            f"checkpoint {checkpoint}\n"
+            f"{_admin_note()}\n\n"
             f"Try, in another terminal:\n\n"
             f"    {shown}{url_flag} caption {os.path.relpath(sample)} --stream\n\n"
             + (gateway_usage(gateway, sample) + "\n" if gateway is not None else "")

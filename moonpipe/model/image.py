@@ -1,20 +1,29 @@
 """Image decoding and moondream2's overlapping-crop preprocessing (spec section 3).
 
 ``decode_image`` turns untrusted bytes into an RGB uint8 array or raises ``InvalidRequest``
-("IMAGE: ..."). ``overlap_crops`` reproduces the reference's Pillow path bit-exactly: one
-global 378x378 crop plus ``th x tw`` overlapping local crops cut from a LANCZOS resize.
+("IMAGE: ..."): the limits it enforces are in ``image_limits.py``, the rule that every
+failure on the caller's bytes is the caller's error in ``image_errors.py``.
+``overlap_crops`` reproduces the reference's Pillow path bit-exactly: one global 378x378
+crop plus ``th x tw`` overlapping local crops cut from a LANCZOS resize.
 """
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile
 
 from moonpipe.errors import InvalidRequest, raise_limit_hint
+from moonpipe.model.image_errors import caller_image_errors
+from moonpipe.model.image_limits import (
+    DECODE_BLOCK_BYTES,
+    Deadline,
+    DeadlineStream,
+    check_container,
+    open_accepted,
+)
 
 __all__ = [
     "CROP_SIZE",
@@ -33,6 +42,26 @@ MARGIN_PX = OVERLAP_MARGIN * PATCH_SIZE  # 56
 WINDOW_PX = (CROP_SIZE // PATCH_SIZE - 2 * OVERLAP_MARGIN) * PATCH_SIZE  # 266
 
 
+_TRANSPOSE_FOR_ORIENTATION = {  # EXIF Orientation value -> the transpose that undoes it
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` as displayed: its EXIF (or XMP) Orientation applied. Only the orientation
+    is read: other metadata, however malformed, is never rewritten (unlike
+    ``ImageOps.exif_transpose``); an orientation that is not 1-8 is ignored."""
+    orientation = img.getexif().get(0x0112)
+    method = _TRANSPOSE_FOR_ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    return img if method is None else img.transpose(method)
+
+
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any Pillow mode -> (H, W, 3) uint8. High-bit-depth grayscale is scaled, not clipped."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -47,41 +76,40 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB")), dtype=np.uint8)
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Decode JPEG/PNG/WebP/GIF (first frame)/... bytes -> (H, W, 3) uint8, EXIF-rotated.
+def decode_image(data: bytes, *, max_pixels: int, max_scans: int | None = None,
+                 deadline: Deadline | None = None) -> np.ndarray:
+    """Decode the caller's image bytes -> (H, W, 3) uint8, upright (EXIF orientation).
 
-    Raises InvalidRequest ("IMAGE: ...") for empty, undecodable, truncated, zero-size images
-    and images over ``max_pixels`` (checked from the header, before decoding).
+    Accepted formats: ``image_limits.ACCEPTED_FORMATS`` (animations: the first frame;
+    Photoshop files: the merged image). Before anything is decoded: the pixel count
+    against ``max_pixels`` (from the headers, those of an ICO's embedded images too) and
+    a JPEG's scans against ``max_scans`` (None: not checked); ``deadline`` bounds the
+    decoding time. Raises InvalidRequest ("IMAGE: ...") for every problem with the bytes
+    (image_errors.py); only MemoryError escapes as a server fault.
     """
     if not data:
         raise InvalidRequest("IMAGE: empty image data")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise InvalidRequest(f"IMAGE: image too large to decode safely ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidRequest("IMAGE: cannot identify image format (JPEG, PNG, WebP, GIF, ... expected)") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidRequest(f"IMAGE: cannot decode image header: {exc}") from exc
-    with img:
-        w, h = img.size
-        if w <= 0 or h <= 0:
-            raise InvalidRequest(f"IMAGE: zero-size image ({w}x{h})")
-        if w * h > max_pixels:
-            side = math.isqrt(max_pixels)
-            raise InvalidRequest(
-                f"IMAGE: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}; resize it before "
-                f"sending (Pillow: image.thumbnail(({side}, {side})); the model sees 378x378 crops, so "
-                f"a few thousand pixels a side lose nothing), {raise_limit_hint('max_image_pixels')}")
-        try:
-            img.seek(0)  # first frame of animations
+    with caller_image_errors():
+        check_container(data, max_pixels=max_pixels, max_scans=max_scans)
+        stream = DeadlineStream(data, deadline)
+        with open_accepted(stream) as img:
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise InvalidRequest(f"IMAGE: zero-size image ({w}x{h})")
+            if w * h > max_pixels:
+                side = math.isqrt(max_pixels)
+                raise InvalidRequest(
+                    f"IMAGE: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}; resize it before "
+                    f"sending (Pillow: image.thumbnail(({side}, {side})); the model sees 378x378 crops, so "
+                    f"a few thousand pixels a side lose nothing), {raise_limit_hint('max_image_pixels')}")
+            # No seek(0): a file opens at its first frame (a Photoshop file at its merged
+            # image, which is not frame 0: seeking there fails).
+            if isinstance(img, ImageFile.ImageFile):
+                img.decodermaxblock = DECODE_BLOCK_BYTES  # the deadline is checked per block
             img.load()
-            upright: Image.Image = ImageOps.exif_transpose(img) or img
-            arr = _to_rgb_array(upright)
-        except Image.DecompressionBombError as exc:
-            raise InvalidRequest(f"IMAGE: image too large to decode safely ({exc})") from exc
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise InvalidRequest(f"IMAGE: truncated or corrupt image data: {exc}") from exc
+            if deadline is not None:
+                deadline.check()
+            arr = _to_rgb_array(_upright(img))
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidRequest(f"IMAGE: zero-size image ({arr.shape})")
     return arr

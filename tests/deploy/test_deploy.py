@@ -173,6 +173,24 @@ def test_entrypoint_makes_the_synthetic_checkpoint_and_renders_overrides(tmp_pat
     assert (rendered / "moondream/1/model.py").read_text() == (ROOT / static.MODEL_FILES[1]).read_text()
 
 
+def test_entrypoint_fixes_the_shm_region_and_restricts_the_admin_apis(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = _run_entrypoint(tmp_path, MOONPIPE_CHECKPOINT=str(tmp_path / "empty"),
+                           MOONPIPE_PARAM_max_image_bytes="16777216", MOONPIPE_ADMIN_KEY="s3cret-key")
+    assert proc.returncode == 0, proc.stderr
+    region = 2 * 16777216 + 8 * 1024 * 1024  # from the rendered config.pbtxt's max_image_bytes
+    for flag in (f"--backend-config=python,shm-default-byte-size={region}",
+                 "--backend-config=python,shm-growth-byte-size=1099511627776",
+                 "--http-restricted-api=model-repository,shared-memory,trace,logging:moonpipe-admin-key=s3cret-key",
+                 "--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:moonpipe-admin-key=s3cret-key"):
+        assert f" {flag} " in proc.stdout, flag
+    assert "admin APIs need header moonpipe-admin-key" in proc.stderr
+    (tmp_path / "again").mkdir()
+    closed = _run_entrypoint(tmp_path / "again", MOONPIPE_CHECKPOINT=str(tmp_path / "empty"), MOONPIPE_ADMIN_KEY="")
+    assert "--http-restricted-api=model-repository,shared-memory,trace,logging:moonpipe-admin-key=" in closed.stdout
+    assert "admin APIs closed" in closed.stderr  # a random key nobody knows
+
+
 def test_entrypoint_serves_a_mounted_checkpoint(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -271,6 +289,21 @@ def test_compose_structure_check_fails_without_gpu_and_shm(tmp_path: Path) -> No
     assert any("max_batchsize" in p for p in problems)
 
 
+def test_shm_and_admin_key_checks_fail_on_an_unbounded_or_leaky_compose_file(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    doc["services"]["triton"]["shm_size"] = "2gb"
+    doc["services"]["triton"]["environment"]["MOONPIPE_ADMIN_KEY"] = "written-in-the-file"
+    (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(doc))
+    problems = static.check_compose(ROOT, tmp_path / "docker-compose.yml")
+    assert any("/dev/shm is 2gb (2048 MiB)" in p for p in problems)
+    assert any("MOONPIPE_ADMIN_KEY must come from the shell" in p for p in problems)
+    # A larger max_image_bytes needs a larger /dev/shm: the same 256mb is then too small.
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    doc["services"]["triton"]["environment"]["MOONPIPE_PARAM_max_image_bytes"] = str(128 << 20)
+    (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(doc))
+    assert any("must be 296-1056 MiB" in p for p in static.check_compose(ROOT, tmp_path / "docker-compose.yml"))
+
+
 # ---------------------------------------------------------------- Kubernetes
 
 
@@ -308,7 +341,14 @@ def test_manifest_consistency_catches_a_wrong_hpa_metric() -> None:
             doc["spec"]["metrics"][0]["pods"]["metric"]["name"] = "nv_inference_queue_duration_us"
         if doc["kind"] == "Deployment":
             doc["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"][2] = "/x"
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"] = "2Gi"
+            pod["containers"][0]["env"] = [e for e in pod["containers"][0]["env"]
+                                           if e["name"] != "MOONPIPE_ADMIN_KEY"]
     problems = static.check_manifest_consistency(ROOT, docs)
+    assert any("/dev/shm is 2Gi (2048 MiB)" in p for p in problems)
+    assert any("MOONPIPE_ADMIN_KEY must come from a Secret" in p for p in problems)
     assert any("HPA metric nv_inference_queue_duration_us" in p for p in problems)
     assert any("probe paths" in p for p in problems)
 

@@ -18,6 +18,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hostile_images import (
+    ORIENTATION_6,
+    avif_without_its_image,
+    dds_with_unknown_pixel_format,
+    ico_wrapping_png,
+    jpeg_with_exif,
+    psd_with_layers,
+    repeated_scan_jpeg,
+    seed_files,
+)
 
 from reliability.conftest import Target
 from reliability.support import (
@@ -121,9 +131,21 @@ ROWS: list[tuple[str, Build, Expect]] = [
      adapter("INVALID_ARG: IMAGE:", "8000x8000", f"limit of {MAX_IMAGE_PIXELS}")),
     ("real-png-6400x6400-over-max-pixels", _caption(png(6400, 6400, mode="1")),
      adapter("INVALID_ARG: IMAGE:", "6400x6400", f"limit of {MAX_IMAGE_PIXELS}")),
-    ("header-0x16-zero-size", _caption(png_claiming(0, 16)), adapter("INVALID_ARG: IMAGE:", "cannot identify")),
+    ("header-0x16-zero-size", _caption(png_claiming(0, 16)),
+     adapter("INVALID_ARG: IMAGE:", "the PNG header is truncated or corrupt")),
     ("image-over-max-bytes", _caption(b"\x89PNG" + b"\x00" * MAX_IMAGE_BYTES),
      adapter("INVALID_ARG: IMAGE:", str(MAX_IMAGE_BYTES + 4), f"limit of {MAX_IMAGE_BYTES}")),
+    # ---- hostile images (issue 20): the caller's error, never INTERNAL; bounded work
+    ("image-avif-missing-item", _caption(avif_without_its_image()),
+     adapter("INVALID_ARG: IMAGE:", "missing or empty image item")),
+    ("image-dds-unknown-pixel-format", _caption(dds_with_unknown_pixel_format()),
+     adapter("INVALID_ARG: IMAGE:", "DDS images are not accepted")),
+    ("image-format-not-accepted", _caption(seed_files()["PCX"]),
+     adapter("INVALID_ARG: IMAGE:", "PCX images are not accepted", "JPEG, PNG")),
+    ("image-ico-wrapping-huge-png", _caption(ico_wrapping_png(8000, 8000)),
+     adapter("INVALID_ARG: IMAGE:", "ICO file holds a 8000x8000 image", f"limit of {MAX_IMAGE_PIXELS}")),
+    ("image-jpeg-last-scan-repeated-1000x", _caption(repeated_scan_jpeg(6000, 1000)),
+     adapter("INVALID_ARG: IMAGE:", "1010 scans", "limit of 32")),
     # ---- skill and prompt
     ("unknown-skill", _settings("describe"), adapter("INVALID_ARG: SKILL:", "unknown skill", "describe")),
     ("empty-skill", _settings(""), adapter("INVALID_ARG: SKILL:", "unknown skill")),
@@ -159,6 +181,13 @@ ROWS: list[tuple[str, Build, Expect]] = [
     ("image-1x4000-strip", _caption(png(1, 4000), max_tokens=4), OK),
     ("image-4000x1-strip", _caption(png(4000, 1), max_tokens=4), OK),
     ("image-grayscale-with-alpha", _caption(png(64, 48, mode="LA", color=(10, 20)), max_tokens=4), OK),
+    ("image-photoshop-multi-layer", _caption(psd_with_layers(64, 48, num_layers=3), max_tokens=4), OK),
+    ("image-exif-xresolution-as-text", _caption(jpeg_with_exif([ORIENTATION_6, (0x011A, 2, 1, b"6\x00\x00\x00")]),
+                                                max_tokens=4), OK),
+    ("image-exif-make-as-rational", _caption(jpeg_with_exif([ORIENTATION_6, (0x010F, 5, 1, b"\x06\x00\x00\x00")]),
+                                             max_tokens=4), OK),
+    ("image-exif-orientation-as-text", _caption(jpeg_with_exif([(0x0112, 2, 1, b"6\x00\x00\x00")]),
+                                                max_tokens=4), OK),
     ("max-tokens-at-limit-2048", _settings("caption", max_tokens=2048, temperature=0.0), OK),
     ("skill-upper-case-padded", _settings(" CAPTION ", max_tokens=4), OK),
     ("prompt-unicode", _settings("query", "qu'est-ce que c'est ? 这是什么 🐱", max_tokens=4), OK),
@@ -197,7 +226,7 @@ def test_bad_input_row(target: Target, stubs_at_start: list[int], sample_image_b
 
 
 def test_table_is_at_least_25_rows() -> None:
-    assert len(ROWS) >= 25
+    assert len(ROWS) >= 63
     assert len({r[0] for r in ROWS}) == len(ROWS)
 
 

@@ -114,13 +114,23 @@ def _params(**values: str) -> dict[str, str]:
 
 
 def test_engine_config_from_parameters(tmp_path: Path) -> None:
-    params = _params(checkpoint="ckpt", device="cpu", dtype="auto", max_batch_size="4", cuda_graphs="false",
+    params = _params(checkpoint="./ckpt", device="cpu", dtype="auto", max_batch_size="4", cuda_graphs="false",
                      pipeline_depth="1", cancel_check_interval_ms="50")
     config = engine_config_from_parameters(params, tmp_path, env={})
     assert config.checkpoint == str((tmp_path / "ckpt").resolve())
     assert (config.device, config.dtype, config.max_batch_size, config.cuda_graphs, config.pipeline_depth) == (
         "cpu", "float32", 4, False, 1)
     assert adapter_config_from_parameters(params).cancel_check_interval_ms == 50
+
+
+def test_the_checkpoint_parameter_may_be_a_name_resolved_beside_the_repository(tmp_path: Path) -> None:
+    repository = tmp_path / "model_repository"
+    by_name = engine_config_from_parameters(_params(checkpoint="tiny", device="cpu"), repository, env={})
+    assert by_name.checkpoint == str(tmp_path / "checkpoints" / "tiny")  # no path in config.pbtxt
+    relative = engine_config_from_parameters(_params(checkpoint="../weights/md2", device="cpu"), repository, env={})
+    assert relative.checkpoint == str(tmp_path / "weights" / "md2")
+    absolute = engine_config_from_parameters(_params(checkpoint="/srv/md2", device="cpu"), repository, env={})
+    assert absolute.checkpoint == "/srv/md2"
 
 
 def test_checkpoint_environment_variable_overrides_the_parameter(tmp_path: Path) -> None:
@@ -156,6 +166,7 @@ def test_the_shipped_config_pbtxt_parameters_are_all_valid(tmp_path: Path) -> No
     params = dict(pairs)
     assert {"checkpoint", "device", "dtype", "max_batch_size", "num_kv_pages", "kv_page_size",
             "pipeline_depth", "cuda_graphs"} <= set(params)
+    assert "/" not in params["checkpoint"]  # a name: Triton shows config.pbtxt to every client
     config = engine_config_from_parameters({**params, "device": "cpu", "dtype": "float32"}, tmp_path, env={})
     assert config.checkpoint.endswith("checkpoints/tiny")
     adapter_config_from_parameters(params)

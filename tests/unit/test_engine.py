@@ -206,8 +206,10 @@ def test_shutdown_mid_load_ends_every_request(ckpt: Path) -> None:
 
 
 def test_bad_requests_are_rejected_before_queueing(engine: Engine) -> None:
-    with pytest.raises(InvalidRequest, match="IMAGE"):
-        engine.submit(Request("bad", "caption", b"not an image"), CollectSink())
+    bad_image = CollectSink()  # images decode off the caller's thread: the error comes to the sink
+    engine.submit(Request("bad", "caption", b"not an image"), bad_image)
+    assert bad_image.done.wait(30) and bad_image.num_finals == 1
+    assert isinstance(bad_image.errors[0], InvalidRequest) and "IMAGE" in str(bad_image.errors[0])
     with pytest.raises(InvalidRequest, match="PROMPT"):
         engine.submit(Request("long-prompt", "query", png_bytes(1), "word " * 5000), CollectSink())
     assert engine.stats().requests_submitted == 0
@@ -308,6 +310,9 @@ def test_a_crash_mid_commit_still_delivers_finals_decided_before_it(
             c = real(request, *args, **kw)  # type: ignore[arg-type]
             return Exploding(c) if request.request_id == "b" else c
 
+        # Images decode in a pool, so a and b reach the scheduler together only if their
+        # image is already known (then submit queues them at once, in order).
+        run_all(eng, [Request("warm", "caption", png_bytes(1), max_tokens=1)])
         monkeypatch.setattr(eng.skills, "make_constraint", make)
         sinks = run_all(eng, [Request("a", "caption", png_bytes(1), max_tokens=1, temperature=0.0),
                               Request("b", "caption", png_bytes(1), max_tokens=5, temperature=0.0)])

@@ -38,6 +38,10 @@ __all__ = [
 ]
 
 CHECKPOINT_ENV = "MOONPIPE_CHECKPOINT"
+# A checkpoint given by name (no "/") is a folder here, relative to the model repository:
+# Triton shows config.pbtxt to every client (/v2/models/moondream/config), so the file
+# names the checkpoint and the path stays out of it (or comes from MOONPIPE_CHECKPOINT).
+CHECKPOINTS_DIR = Path("..") / "checkpoints"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +267,9 @@ def engine_config_from_parameters(params: Mapping[str, str], repository_root: Pa
 
     Parameter names are ``EngineConfig`` field names (plus the adapter's own, see
     :class:`AdapterConfig`); an unknown name is an error, so a typo cannot pass silently.
-    ``checkpoint`` may be relative to the model repository root; ``MOONPIPE_CHECKPOINT``
-    in the environment overrides it. ``device``/``dtype`` accept ``auto``.
+    ``checkpoint`` is a name (a folder of ``checkpoints/`` beside the model repository) or
+    a path, absolute or relative to the model repository root; ``MOONPIPE_CHECKPOINT`` in
+    the environment overrides it. ``device``/``dtype`` accept ``auto``.
     Raises ``ValueError`` naming the parameter.
     """
     env = os.environ if env is None else env
@@ -283,6 +288,9 @@ def engine_config_from_parameters(params: Mapping[str, str], repository_root: Pa
     if not checkpoint:
         raise ValueError(f"config.pbtxt parameter 'checkpoint' is empty and {CHECKPOINT_ENV} is not set")
     path = Path(os.path.expandvars(os.path.expanduser(checkpoint)))
+    named = not env.get(CHECKPOINT_ENV) and "/" not in checkpoint and checkpoint not in (".", "..")
+    if named:
+        path = CHECKPOINTS_DIR / checkpoint
     kwargs["checkpoint"] = str(path if path.is_absolute() else (repository_root / path).resolve())
     kwargs["device"], kwargs["dtype"] = _resolve_device(
         kwargs.get("device", "cpu") or "cpu", kwargs.get("dtype", "float32") or "float32")
