@@ -23,6 +23,9 @@ from moonpipe.request import Request
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "model_repository" / "moondream" / "1"))
 from moondream_io import error_message  # the adapter's classification
 
+# Damaged images make Pillow warn (corrupt EXIF, truncated reads...): expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning:PIL")
+
 SLOW = png_bytes(99)  # the image the blocking decoder below holds back
 
 

@@ -43,6 +43,9 @@ from moonpipe.model.image_limits import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "model_repository" / "moondream" / "1"))
 from moondream_io import error_message  # the adapter's classification
 
+# Damaged images make Pillow warn (corrupt EXIF, truncated reads...): expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning:PIL")
+
 MAX_PIXELS = 4_000_000
 FUZZ_EXAMPLES = 2000
 
