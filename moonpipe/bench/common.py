@@ -64,12 +64,15 @@ def bench_model(preset: str, device: str, dtype: str) -> tuple[MoondreamModel, M
 
 def build_bench_engine(preset: str, *, device: str, dtype: str, depth: int, max_batch_size: int,
                        cuda_graphs: bool = True, max_positions: int = 1024,
-                       cpu_worker: str = "thread", decode_kernels: str = "auto") -> Engine:
-    """An engine over random weights of ``preset`` (no checkpoint file), KV sized for the run."""
+                       cpu_worker: str = "thread", decode_kernels: str = "auto",
+                       prefix_cache_size: int = 0) -> Engine:
+    """An engine over random weights of ``preset`` (no checkpoint file), KV sized for the run;
+    the prefix cache off unless asked for (benchmarks measure it on purpose)."""
     model, cfg, tok = bench_model(preset, device, dtype)
     page_size = 16
     num_pages = max_batch_size * pages_needed(max_positions, page_size) + 1
     config = EngineConfig(device=device, dtype=dtype, max_batch_size=max_batch_size,
                           num_kv_pages=num_pages, kv_page_size=page_size, pipeline_depth=depth,
-                          cuda_graphs=cuda_graphs, cpu_worker=cpu_worker, decode_kernels=decode_kernels)
+                          cuda_graphs=cuda_graphs, cpu_worker=cpu_worker, decode_kernels=decode_kernels,
+                          prefix_cache_size=prefix_cache_size)
     return Engine(config, model=model, tokenizer=tok, model_config=cfg)

@@ -221,6 +221,7 @@ def run_pipeline_bench(*, device: str, model: str, dtype: str, streams: list[int
         "cuda_graphs": cuda_graphs,
         "cpu_worker": cpu_worker if device == "cpu" else None,
         "decode_kernels": decode_kernels,
+        "prefix_cache_size": 0,  # off: every stream asks about one image; the decode pipeline is measured
         "decode_kernels_used": used,
         "kernels_per_step": kernels,
         "estimator": "columns in ms: medians over repeats; predicted, observed, hidden: medians "

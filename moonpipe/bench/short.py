@@ -5,9 +5,14 @@ direct answers) are requests/s and latency at batch 1 and at high concurrency. T
 benchmark runs the same shape of load: each request is one image plus a short question
 (``query``, at most ``max_tokens`` outputs; eos is banned so every answer has exactly that
 many) or a ``point``/``detect`` request for one object; closed loop at each concurrency
-level, once with every request on the same image (after the first, the engine's
-image-embedding cache skips the vision encoder) and once with a distinct image per request
-(every request pays the vision encoder: the cold-cache case).
+level, once with every request on the same image and once with a distinct image per
+request (every request pays the vision encoder and the prefix prefill: the cold-cache
+case). On the same image, with the prefix cache on (the server's default), a request
+after the first prefills only its prompt over the image's shared prefix KV; with it off
+(``prefix_cache_size`` 0) it still skips the vision encoder (image-embedding cache) but
+prefills the 730-position prefix again. By default every cell runs with the prefix cache
+off and on, side by side in one run; requests stream, so each row has a TTFT summary
+(first output) beside the latency summary (whole answer).
 
 In-process by default (an :class:`~moonpipe.engine.Engine` over the fixed-length checkpoint);
 ``triton=True`` sends the same requests through tritonserver over gRPC (non-streaming calls,
@@ -42,8 +47,12 @@ _PROMPTS = {"query": "What is the title of this chart?", "point": "the red ball"
 Runner = Callable[[Sequence[RequestSpec], int, str], list[Trace]]
 
 
+PREFIX_CACHE_SIZE = 16  # the server's default (config.pbtxt) when the prefix cache is on
+PREFIX_CACHE_CHOICES = {"both": (False, True), "off": (False,), "on": (True,)}
+
+
 def cell_metrics(traces: Sequence[Trace]) -> dict[str, Any]:
-    """Requests/s and latency summary of one cell (skill x images x concurrency)."""
+    """Requests/s, latency and TTFT summaries of one cell (skill x images x concurrency)."""
     good = [t for t in traces if t.ok]
     wall = (max(t.end for t in good) - min(t.start for t in good)) if good else 0.0
     lat = summarize(t.latency for t in good)
@@ -55,13 +64,16 @@ def cell_metrics(traces: Sequence[Trace]) -> dict[str, Any]:
         "requests_per_s": len(good) / wall if wall > 0 else 0.0,
         "mean_output_tokens": sum(t.num_output_tokens for t in good) / len(good) if good else 0.0,
         "latency": asdict(lat),
+        "ttft": asdict(summarize(t.ttft for t in good)),
     }
 
 
 def _spec(skill: str, image: bytes, max_tokens: int) -> RequestSpec:
+    """A streamed request (the first output marks its TTFT)."""
     if skill == "query":
-        return RequestSpec("query", image, prompt=_PROMPTS[skill], max_tokens=max_tokens, temperature=0.0)
-    return RequestSpec(skill, image, prompt=_PROMPTS[skill], max_objects=1)
+        return RequestSpec("query", image, prompt=_PROMPTS[skill], max_tokens=max_tokens, temperature=0.0,
+                           stream=True)
+    return RequestSpec(skill, image, prompt=_PROMPTS[skill], max_objects=1, stream=True)
 
 
 class _Images:
@@ -85,6 +97,11 @@ class _Target:
     dtype: str
     decode_kernels: str
     triton: bool
+    prefix_cache: bool
+
+    @property
+    def prefix_cache_size(self) -> int:
+        return PREFIX_CACHE_SIZE if self.prefix_cache else 0
 
 
 @contextlib.contextmanager
@@ -94,7 +111,8 @@ def _runner(target: _Target, max_batch: int, log: Callable[[str], None],
         # random full-size weights made on the device (no multi-GB checkpoint file)
         engine = build_bench_engine(target.model, device=target.device, dtype=target.dtype, depth=2,
                                     max_batch_size=max_batch, cpu_worker="process",
-                                    decode_kernels=target.decode_kernels)
+                                    decode_kernels=target.decode_kernels,
+                                    prefix_cache_size=target.prefix_cache_size)
         used.append(engine.runner.work.decoder.kind)
         try:
             yield lambda specs, n, tag: run_in_process(engine, specs, n, tag=tag)
@@ -105,7 +123,8 @@ def _runner(target: _Target, max_batch: int, log: Callable[[str], None],
     with tempfile.TemporaryDirectory(prefix="moonpipe-bench-") as tmp:
         ckpt = fixed_length_checkpoint(Path(tmp) / "checkpoint", preset=model)
         if triton:
-            params = {"device": "cpu", "dtype": "float32", "max_batch_size": str(max_batch)}
+            params = {"device": "cpu", "dtype": "float32", "max_batch_size": str(max_batch),
+                      "prefix_cache_size": str(target.prefix_cache_size)}
             repo = bench_model_repository(Path(tmp) / "model_repository", ckpt, params)
             t0 = time.perf_counter()
             with running_server(repo, ckpt) as server:
@@ -115,7 +134,8 @@ def _runner(target: _Target, max_batch: int, log: Callable[[str], None],
             return
         engine = Engine(EngineConfig(checkpoint=str(ckpt), device="cpu", dtype="float32",
                                      max_batch_size=max_batch, pipeline_depth=2, cpu_worker="process",
-                                     decode_kernels=target.decode_kernels))
+                                     decode_kernels=target.decode_kernels,
+                                     prefix_cache_size=target.prefix_cache_size))
         used.append(engine.runner.work.decoder.kind)
         try:
             yield lambda specs, n, tag: run_in_process(engine, specs, n, tag=tag)
@@ -125,27 +145,34 @@ def _runner(target: _Target, max_batch: int, log: Callable[[str], None],
 
 def run_short_bench(*, model: str, skills: Sequence[str], concurrency: Sequence[int], requests: int,
                     max_tokens: int, triton: bool, device: str = "cpu", dtype: str = "float32",
-                    decode_kernels: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every (skill, images, concurrency) cell; returns the JSON document."""
+                    decode_kernels: str = "auto", prefix_cache: str = "both",
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every (prefix cache, skill, images, concurrency) cell; returns the JSON document.
+
+    ``prefix_cache``: ``both`` (each cell with the cache off, then on: one engine or server
+    per setting, the same cells in the same order), ``off`` or ``on``.
+    """
     repeated = jpeg_image(0)
     images = _Images()
     rows: list[dict[str, Any]] = []
     used: list[str] = []
-    target = _Target(model, device, dtype, decode_kernels, triton)
-    with _runner(target, max(concurrency), log, used) as run:
-        for skill in skills:
-            run([_spec(skill, repeated, max_tokens)] * 2, 1, f"warm-{skill}")  # warm-up; caches image 0
-            for mode in ("repeated", "unique"):
-                for n in concurrency:
-                    if mode == "repeated":
-                        specs = [_spec(skill, repeated, max_tokens)] * requests
-                    else:
-                        specs = [_spec(skill, img, max_tokens) for img in images.fresh(requests)]
-                    log(f"  {skill:<6} {mode:<8} concurrency={n:>3}: {requests} requests ...")
-                    row = {"skill": skill, "images": mode, "concurrency": n,
-                           **cell_metrics(run(specs, n, f"{skill}-{mode}-{n}"))}
-                    rows.append(row)
-                    log(format_row(row))
+    for cache in PREFIX_CACHE_CHOICES[prefix_cache]:
+        target = _Target(model, device, dtype, decode_kernels, triton, cache)
+        with _runner(target, max(concurrency), log, used) as run:
+            for skill in skills:
+                run([_spec(skill, repeated, max_tokens)] * 2, 1, f"warm-{skill}")  # warm-up; caches image 0
+                for mode in ("repeated", "unique"):
+                    for n in concurrency:
+                        if mode == "repeated":
+                            specs = [_spec(skill, repeated, max_tokens)] * requests
+                        else:
+                            specs = [_spec(skill, img, max_tokens) for img in images.fresh(requests)]
+                        log(f"  prefix cache {'on ' if cache else 'off'} {skill:<6} {mode:<8} "
+                            f"concurrency={n:>3}: {requests} requests ...")
+                        row = {"skill": skill, "images": mode, "concurrency": n, "prefix_cache": cache,
+                               **cell_metrics(run(specs, n, f"{skill}-{mode}-{n}-{int(cache)}"))}
+                        rows.append(row)
+                        log(format_row(row))
     return {
         "benchmark": "short",
         "path": "triton" if triton else "in_process",
@@ -159,17 +186,47 @@ def run_short_bench(*, model: str, skills: Sequence[str], concurrency: Sequence[
         "workload": (f"query: '{_PROMPTS['query']}' with {max_tokens} output tokens (eos banned); "
                      f"point/detect: one object; 640x480 JPEG; closed loop"),
         "requests_per_cell": requests,
+        "prefix_cache_size": PREFIX_CACHE_SIZE,
         "rows": rows,
+        "prefix_cache_effect": prefix_cache_effect(rows),
     }
 
 
-HEADER = f"{'skill':<6} {'images':<8} {'conc':>4} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'tokens':>6} {'err':>4}"
+def prefix_cache_effect(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every cell run with the cache off and on: on/off ratios of TTFT p50, latency p50
+    and requests/s (issue 18's targets: repeated-image TTFT p50 at concurrency 1 at most
+    half, requests/s at high concurrency at least 1.5x; unique images not slower)."""
+    cells: dict[tuple[str, str, int], dict[bool, dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["skill"], r["images"], r["concurrency"]), {})[r["prefix_cache"]] = r
+    out = []
+    for (skill, mode, n), pair in cells.items():
+        if len(pair) != 2 or not pair[False]["requests_per_s"]:
+            continue
+        off, on = pair[False], pair[True]
+        out.append({
+            "skill": skill, "images": mode, "concurrency": n,
+            "ttft_p50_on_over_off": _ratio(on["ttft"]["p50_ms"], off["ttft"]["p50_ms"]),
+            "latency_p50_on_over_off": _ratio(on["latency"]["p50_ms"], off["latency"]["p50_ms"]),
+            "requests_per_s_on_over_off": _ratio(on["requests_per_s"], off["requests_per_s"]),
+        })
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+HEADER = (f"{'prefix':<6} {'skill':<6} {'images':<8} {'conc':>4} {'req/s':>7} {'ttft p50':>9} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'tokens':>6} {'err':>4}")
 
 
 def format_row(row: dict[str, Any]) -> str:
-    lat = row["latency"]
-    return (f"{row['skill']:<6} {row['images']:<8} {row['concurrency']:>4} {row['requests_per_s']:>7.2f} "
-            f"{lat['p50_ms']:>8.1f} {lat['p99_ms']:>8.1f} {row['mean_output_tokens']:>6.1f} {row['errors']:>4}")
+    lat, ttft = row["latency"], row.get("ttft", row["latency"])
+    cache = "-" if "prefix_cache" not in row else ("on" if row["prefix_cache"] else "off")
+    return (f"{cache:<6} {row['skill']:<6} {row['images']:<8} {row['concurrency']:>4} {row['requests_per_s']:>7.2f} "
+            f"{ttft['p50_ms']:>9.1f} {lat['p50_ms']:>8.1f} {lat['p99_ms']:>8.1f} {row['mean_output_tokens']:>6.1f} "
+            f"{row['errors']:>4}")
 
 
 def format_short_table(doc: dict[str, Any]) -> str:
@@ -177,6 +234,11 @@ def format_short_table(doc: dict[str, Any]) -> str:
     lines = [f"device: {doc['device']}  torch {doc['torch']}  model {doc['model']} ({doc['dtype']})  "
              f"path: {doc['path']}{kernels}", doc["workload"], HEADER]
     lines += [format_row(r) for r in doc["rows"]]
+    effect = doc.get("prefix_cache_effect") or []
+    if effect:
+        lines.append("prefix cache on / off:  TTFT p50   latency p50   req/s")
+        lines += [f"  {e['skill']:<6} {e['images']:<8} conc {e['concurrency']:>3}:  {e['ttft_p50_on_over_off']:>6.2f}x"
+                  f"   {e['latency_p50_on_over_off']:>9.2f}x   {e['requests_per_s_on_over_off']:>5.2f}x" for e in effect]
     return "\n".join(lines)
 
 
@@ -189,13 +251,14 @@ def plot_short(doc: dict[str, Any], out: Path) -> Path:
 
     rows = doc["rows"]
     levels = sorted({r["concurrency"] for r in rows})
-    groups = sorted({(r["skill"], r["images"]) for r in rows})
+    groups = sorted({(r["skill"], r["images"], r.get("prefix_cache", True)) for r in rows})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(len(groups), 1)
-    for g, (skill, mode) in enumerate(groups):
-        cells = {r["concurrency"]: r for r in rows if r["skill"] == skill and r["images"] == mode}
+    for g, (skill, mode, cache) in enumerate(groups):
+        cells = {r["concurrency"]: r for r in rows
+                 if r["skill"] == skill and r["images"] == mode and r.get("prefix_cache", True) == cache}
         xs = [i + g * width for i in range(len(levels))]
-        label = f"{skill}, {mode} images"
+        label = f"{skill}, {mode} images, prefix cache {'on' if cache else 'off'}"
         ax1.bar(xs, [cells[c]["requests_per_s"] if c in cells else 0.0 for c in levels], width, label=label)
         p50 = [cells[c]["latency"]["p50_ms"] if c in cells else 0.0 for c in levels]
         p99 = [cells[c]["latency"]["p99_ms"] if c in cells else 0.0 for c in levels]

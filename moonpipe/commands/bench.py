@@ -155,6 +155,9 @@ def _register_short(kinds: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--skills", default="query,point", help="comma-separated: query, point, detect (default query,point)")
     p.add_argument("--max-tokens", type=int, default=4, help="max output tokens of a query (default 4)")
     p.add_argument("--triton", action="store_true", help="send the requests through tritonserver over gRPC")
+    p.add_argument("--prefix-cache", default="both", choices=["both", "off", "on"],
+                   help="run every cell with the prefix cache off and on side by side (default both), "
+                   "or only one way")
     _output_options(p, "short-<path>-<device>-<model>")
     p.set_defaults(func=_run_short)
 
@@ -178,7 +181,7 @@ def _run_short(args: argparse.Namespace) -> int:
           f"{args.requests} requests per cell", flush=True)
     doc = run_short_bench(model=args.model, skills=skills, concurrency=args.concurrency, requests=args.requests,
                           max_tokens=args.max_tokens, triton=args.triton, device=args.device, dtype=dtype,
-                          decode_kernels=args.decode_kernels, log=_progress)
+                          decode_kernels=args.decode_kernels, prefix_cache=args.prefix_cache, log=_progress)
     _report(format_short_table(doc), doc, out, None if args.no_plot else plot_short, args.plot, t0)
     failed = sum(row["errors"] for row in doc["rows"])
     if failed:

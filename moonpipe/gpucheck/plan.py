@@ -95,7 +95,8 @@ def build_plan(device: str, model: str, out: Path, python: str = sys.executable)
              f"{sizes.short_concurrency}", budget["short"],
              (*cli, "bench", "short", "--device", device, "--model", model, "--skills", "query",
               "--concurrency", sizes.short_concurrency, "--requests", str(sizes.short_requests),
-              "--decode-kernels", "fused", "--json", str(out / "short.json"), "--no-plot"), "short.json"),
+              "--decode-kernels", "auto", "--prefix-cache", "on", "--json", str(out / "short.json"),
+              "--no-plot"), "short.json"),
         pipeline("triton"),
     ]
     return steps

@@ -9,7 +9,7 @@ import pytest
 
 from moonpipe.bench.latency import Trace
 from moonpipe.bench.server import set_parameter
-from moonpipe.bench.short import cell_metrics, format_short_table, plot_short
+from moonpipe.bench.short import cell_metrics, format_short_table, plot_short, prefix_cache_effect
 from moonpipe.bench.triton import format_triton_table, path_metrics, plot_triton
 
 
@@ -47,6 +47,28 @@ def test_short_doc_table_and_plot(tmp_path: Path) -> None:
     doc = {"device": "cpu (test)", "torch": "x", "model": "tiny", "dtype": "float32", "path": "in_process",
            "workload": "w", "rows": rows}
     assert len(format_short_table(doc).splitlines()) == 3 + len(rows)
+    assert plot_short(doc, tmp_path / "s.png").stat().st_size > 0
+
+
+def test_short_rows_compare_the_prefix_cache_on_and_off(tmp_path: Path) -> None:
+    """Each cell runs with the cache off and on; the effect is on/off ratios per cell."""
+    off = cell_metrics(_traces(4, tokens=4))
+    fast = _traces(4, tokens=4)
+    for t in fast:  # the same requests, first output twice as early, each done 0.1 s sooner
+        t.chunk_times = [t.start + (c - t.start) / 2 for c in t.chunk_times]
+        t.end -= 0.1
+    on = cell_metrics(fast)
+    assert set(on["ttft"]) == {"n", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
+    rows = [{"skill": "query", "images": "repeated", "concurrency": 1, "prefix_cache": cache, **m}
+            for cache, m in ((False, off), (True, on))]
+    [effect] = prefix_cache_effect(rows)
+    assert effect["ttft_p50_on_over_off"] == pytest.approx(0.5)
+    assert effect["latency_p50_on_over_off"] == pytest.approx(0.3 / 0.4)
+    assert effect["requests_per_s_on_over_off"] > 1.0
+    doc = {"device": "cpu (test)", "torch": "x", "model": "tiny", "dtype": "float32", "path": "in_process",
+           "workload": "w", "rows": rows, "prefix_cache_effect": [effect]}
+    table = format_short_table(doc)
+    assert "prefix cache on / off" in table and "0.50x" in table
     assert plot_short(doc, tmp_path / "s.png").stat().st_size > 0
 
 
