@@ -65,6 +65,21 @@ def test_bf16_runs(ckpt: Path) -> None:
         assert all(s.result.num_output_tokens >= 1 for s in res.values())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prefix_cache_hits_give_the_outputs_of_a_fresh_prefill(ckpt: Path, dtype: str) -> None:
+    """One request at a time about one image: with the cache, all but the first share its
+    prefix pages and copy its boundary page on the device (CUDA graphs on)."""
+    outputs = {}
+    for cache in (0, 16):
+        with Engine(EngineConfig(checkpoint=str(ckpt), device="cuda", dtype=dtype, prefix_cache_size=cache)) as eng:
+            got = {}
+            for r in requests("p-"):
+                got.update({k: signature(s.result) for k, s in run_all(eng, [r]).items()})
+            assert eng.stats().prefix_cache_hits == (len(SKILLS) - 1 if cache else 0)
+            outputs[cache] = got
+    assert outputs[16] == outputs[0]
+
+
 def _warm(engine: Engine) -> None:
     """Fill the image-embedding cache and every allocation the loop will need."""
     run_all(engine, [Request(f"w{j}", "caption", png_bytes(j), max_tokens=16) for j in range(8)])
