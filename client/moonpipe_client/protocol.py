@@ -11,6 +11,7 @@ a stable prefix, because streaming drops Triton's error codes.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,11 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
 )
 _FINAL_PARAM = "triton_final_response"
+_LENGTH = struct.Struct("<I")  # the 4-byte length before each element of a BYTES tensor
+_INT32 = struct.Struct("<i")
+_STRING_OUTPUTS = {"TEXT": 0, "SVG_PATH": 1, "FINISH_REASON": 2}  # one BYTES element each
+_COUNT_OUTPUTS = {"NUM_INPUT_TOKENS": 0, "NUM_OUTPUT_TOKENS": 1}  # one INT32 each
+_ROW_OUTPUTS = ("POINTS", "BOXES")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +105,52 @@ def is_final(response: service_pb2.ModelInferResponse) -> bool:
     return _FINAL_PARAM in params and params[_FINAL_PARAM].bool_param
 
 
+def _one_string(output: service_pb2.ModelInferResponse.InferOutputTensor, raw: bytes) -> str | None:
+    """The text of a BYTES tensor of shape [1] (None if it is anything else)."""
+    if output.datatype != "BYTES" or len(raw) < 4 or _LENGTH.unpack_from(raw)[0] != len(raw) - 4 \
+            or len(output.shape) != 1 or output.shape[0] != 1:
+        return None
+    return raw[4:].decode("utf-8", errors="replace")
+
+
+def _plain_chunk(response: service_pb2.ModelInferResponse, final: bool) -> Chunk | None:
+    """The chunk of a response shaped as the server sends text: every tensor in the raw
+    contents, strings of one element, INT32 token counts, no points or boxes; None for
+    anything else (:func:`parse_chunk` over ``InferResult`` reads those). A stream sends
+    one such response per token: this reads it in one pass over the outputs, without
+    numpy (``InferResult.as_numpy`` scans every output for each of the seven names)."""
+    outputs = response.outputs
+    raw_contents = response.raw_output_contents
+    if len(raw_contents) != len(outputs):
+        return None
+    strings: list[str | None] = [None, None, None]
+    counts: list[int | None] = [None, None]
+    seen: set[str] = set()
+    for output, raw in zip(outputs, raw_contents):
+        name = output.name
+        if name in seen:
+            return None
+        seen.add(name)
+        if name in _STRING_OUTPUTS:
+            text = _one_string(output, raw)
+            if text is None:
+                return None
+            strings[_STRING_OUTPUTS[name]] = text
+        elif name in _COUNT_OUTPUTS:
+            if output.datatype != "INT32" or len(raw) != 4 or len(output.shape) != 1 or output.shape[0] != 1:
+                return None
+            counts[_COUNT_OUTPUTS[name]] = _INT32.unpack(raw)[0]
+        elif name in _ROW_OUTPUTS and (raw or 0 not in output.shape):
+            return None  # points or boxes to read
+    return Chunk(text=strings[0] or "", svg_path=strings[1], finish_reason=strings[2],
+                 num_input_tokens=counts[0], num_output_tokens=counts[1], final=final)
+
+
 def parse_stream_response(message: service_pb2.ModelStreamInferResponse) -> Chunk:
     """One stream message as a :class:`Chunk`; raises the typed error of an error message."""
     if message.error_message:
         raise error_from_message(message.error_message)
     response = message.infer_response
-    return parse_chunk(InferResult(response).as_numpy, final=is_final(response))
+    final = is_final(response)
+    chunk = _plain_chunk(response, final)
+    return chunk if chunk is not None else parse_chunk(InferResult(response).as_numpy, final=final)

@@ -39,7 +39,7 @@ from moonpipe_gateway.schemas import (
 )
 from moonpipe_gateway.segment import PathDeltaScaler, box_relative_path
 from moonpipe_gateway.services import Services
-from moonpipe_gateway.sse import EventStream, sse
+from moonpipe_gateway.sse import SLOT, EventStream, Last, TextEvent, sse
 
 __all__ = ["SKILL_SETTINGS", "moondream_router"]
 
@@ -102,28 +102,36 @@ def _end(result: Result | None) -> dict[str, Any]:
     return {} if result is None else {"finish_reason": result.finish_reason, "usage": _usage(result)}
 
 
+_TEXT_CHUNK = TextEvent({"chunk": SLOT, "completed": False})
+_PATH_DELTA = TextEvent({"type": "path_delta", "chunk": SLOT, "completed": False})
+
+
 async def _text_events(opened: Opened, result: Callable[[], Result | None]) -> AsyncIterator[bytes]:
     async for chunk in opened.chunks():
-        if chunk.text:
-            yield sse({"chunk": chunk.text, "completed": False})
-        if chunk.final:
-            yield sse({"completed": True, **_end(result())})
+        if chunk.final:  # the last text (if any) and the end go out in one write
+            text = _TEXT_CHUNK(chunk.text) if chunk.text else b""
+            yield Last(text + sse({"completed": True, **_end(result())}))
+        elif chunk.text:
+            yield _TEXT_CHUNK(chunk.text)
 
 
 async def _segment_events(opened: Opened, result: Callable[[], Result | None]) -> AsyncIterator[bytes]:
     scaler = PathDeltaScaler()
     box: Box | None = None
     async for chunk in opened.chunks():
+        events = b""
         if chunk.boxes and box is None:
             box = chunk.boxes[0]
-            yield sse({"type": "bbox", "bbox": box.to_dict()})
+            events = sse({"type": "bbox", "bbox": box.to_dict()})
         text = scaler.feed(chunk.text) + (scaler.flush() if chunk.final else "")
         if text:
-            yield sse({"type": "path_delta", "chunk": text, "completed": False})
+            events += _PATH_DELTA(text)
         if chunk.final:
             path = box_relative_path(chunk.svg_path or "", box) if box is not None else ""
-            yield sse({"type": "final", "path": path, "bbox": None if box is None else box.to_dict(),
-                       "completed": True, **_end(result())})
+            yield Last(events + sse({"type": "final", "path": path, "bbox": None if box is None else box.to_dict(),
+                                     "completed": True, **_end(result())}))
+        elif events:
+            yield events
 
 
 def _segment_json(result: Segment) -> dict[str, Any]:

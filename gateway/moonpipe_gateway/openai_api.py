@@ -28,7 +28,7 @@ from moonpipe_gateway.images import decode_image_url
 from moonpipe_gateway.moondream_api import check_model
 from moonpipe_gateway.schemas import ChatBody, ChatMessage
 from moonpipe_gateway.services import Services
-from moonpipe_gateway.sse import DONE, EventStream, sse
+from moonpipe_gateway.sse import DONE, SLOT, EventStream, Last, TextEvent, sse
 
 __all__ = ["openai_router", "parse_messages"]
 
@@ -130,16 +130,23 @@ async def _chunk_events(opened: Opened, head: dict[str, Any], include_usage: boo
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
 
-    yield chunk({"role": "assistant", "content": ""})
+    content = TextEvent({**head, "choices": [{"index": 0, "delta": {"content": SLOT}, "finish_reason": None,
+                                              "logprobs": None}]})
+    events = chunk({"role": "assistant", "content": ""})  # goes out with the first piece (already here)
     async for piece in opened.chunks():
         if piece.text:
-            yield chunk({"content": piece.text})
-        if piece.final:
+            events += content(piece.text)
+        if piece.final:  # the last text (if any), the finish, the usage and [DONE] in one write
             result = opened.final_result
-            yield chunk({}, _FINISH.get(result.finish_reason if result else "stop", "stop"))
+            events += chunk({}, _FINISH.get(result.finish_reason if result else "stop", "stop"))
             if include_usage:
-                yield sse({**head, "choices": [], "usage": _usage(result)})
-    yield DONE
+                events += sse({**head, "choices": [], "usage": _usage(result)})
+            yield Last(events + DONE)
+            return
+        if events:
+            yield events
+            events = b""
+    yield Last(events + DONE)  # not reached: the stream ends with its final piece or raises
 
 
 def openai_router(services: Services) -> APIRouter:

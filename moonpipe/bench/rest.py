@@ -5,7 +5,9 @@ deployment) in front of the bench's tritonserver; :func:`run_over_rest` drives i
 loop with streamed Moondream ``/v1/caption`` requests from one asyncio loop (aiohttp, the
 HTTP client tritonclient[http] already brings), stamping every SSE ``chunk`` event and
 the final ``completed`` event (whose ``usage`` gives the token count) into the same
-:class:`~moonpipe.bench.latency.Trace` the other paths fill.
+:class:`~moonpipe.bench.latency.Trace` the other paths fill. The gateway's own CPU time
+(:meth:`RunningGateway.cpu_seconds`) gives its cost per token, a steadier measure than
+the throughput ratio on shared cores.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +31,28 @@ from moonpipe.bench.latency import Trace
 from moonpipe.bench.load import RequestSpec
 from moonpipe.triton_local import free_port
 
-__all__ = ["run_over_rest", "running_gateway"]
+__all__ = ["RunningGateway", "run_over_rest", "running_gateway"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunningGateway:
+    """A gateway process: ``url`` is its base URL (``http://127.0.0.1:PORT``)."""
+
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds the process has used, all threads (None without /proc)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in ticks
 
 
 @contextlib.contextmanager
-def running_gateway(triton_url: str, log_path: Path, timeout: float = 60.0) -> Iterator[str]:
-    """The gateway's base URL (``http://127.0.0.1:PORT``) while it runs; stopped on exit."""
+def running_gateway(triton_url: str, log_path: Path, timeout: float = 60.0) -> Iterator[RunningGateway]:
+    """The gateway while it runs; stopped on exit."""
     port = free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "moonpipe_gateway", "--port", str(port),
@@ -45,7 +65,7 @@ def running_gateway(triton_url: str, log_path: Path, timeout: float = 60.0) -> I
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the REST gateway did not start: {log_path.read_text(errors='replace')[-2000:]}")
             time.sleep(0.1)
-        yield url
+        yield RunningGateway(url, proc.pid)
     finally:
         proc.terminate()
         try:

@@ -92,13 +92,13 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
             t0 = time.perf_counter()
             with running_server(repo, ckpt) as server, contextlib.ExitStack() as stack:
                 url = server.urls.grpc
-                gateway = stack.enter_context(running_gateway(url, Path(tmp) / "gateway.log")) if rest else ""
+                gateway = stack.enter_context(running_gateway(url, Path(tmp) / "gateway.log")) if rest else None
                 log(f"  tritonserver ready at {url} ({time.perf_counter() - t0:.1f} s)"
-                    + (f", gateway at {gateway}" if rest else "") + "; warming up every path")
+                    + (f", gateway at {gateway.url}" if gateway else "") + "; warming up every path")
                 run_in_process(engine, specs(max_streams), max_streams, tag="warm")
                 run_over_grpc(url, specs(max_streams), max_streams)
-                if rest:
-                    run_over_rest(gateway, specs(max_streams), max_streams)
+                if gateway:
+                    run_over_rest(gateway.url, specs(max_streams), max_streams)
                 for n in streams:
                     log(f"  streams={n:>3}: {requests} requests in-process ...")
                     local = path_metrics(run_in_process(engine, specs(requests), n, tag=f"s{n}"))
@@ -112,9 +112,13 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
                         "ttft_p50_ratio": _ratio(remote["ttft"]["p50_ms"], local["ttft"]["p50_ms"]),
                         "itl_p50_ratio": _ratio(remote["itl"]["p50_ms"], local["itl"]["p50_ms"]),
                     })
-                    if rest:
+                    if gateway:
                         log(f"  streams={n:>3}: {requests} requests through the REST gateway ...")
-                        rows[-1].update(_gateway_metrics(run_over_rest(gateway, specs(requests), n), remote))
+                        cpu_before = gateway.cpu_seconds()
+                        traces = run_over_rest(gateway.url, specs(requests), n)
+                        cpu_after = gateway.cpu_seconds()
+                        cpu_s = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+                        rows[-1].update(_gateway_metrics(traces, remote, cpu_s))
                     log(format_row(rows[-1]))
         finally:
             engine.shutdown()
@@ -133,11 +137,14 @@ def run_triton_bench(*, model: str, streams: Sequence[int], requests: int, token
     }
 
 
-def _gateway_metrics(traces: Sequence[Trace], grpc: dict[str, Any]) -> dict[str, Any]:
-    """The REST path's block of a row and its ratios to the direct gRPC path."""
+def _gateway_metrics(traces: Sequence[Trace], grpc: dict[str, Any], cpu_s: float | None = None) -> dict[str, Any]:
+    """The REST path's block of a row, its ratios to the direct gRPC path and the gateway
+    process's CPU per generated token (``cpu_s``: its CPU seconds over the run)."""
     gateway = path_metrics(traces)
+    tokens = gateway["generated_tokens"]
     return {
         "gateway": gateway,
+        "gateway_cpu_us_per_token": 1e6 * cpu_s / tokens if cpu_s is not None and tokens else None,
         "gateway_tokens_per_s_ratio": _ratio(gateway["tokens_per_s"], grpc["tokens_per_s"]),
         "gateway_ttft_p50_ratio": _ratio(gateway["ttft"]["p50_ms"], grpc["ttft"]["p50_ms"]),
         "gateway_itl_p50_ratio": _ratio(gateway["itl"]["p50_ms"], grpc["itl"]["p50_ms"]),
@@ -166,7 +173,9 @@ def format_row(row: dict[str, Any]) -> str:
     lines = [_path_line(n, "in-process", row["in_process"]), _path_line(n, "triton", row["triton"]),
              _ratio_line(n, row, "", "triton / in-process")]
     if "gateway" in row:
-        lines += [_path_line(n, "gateway", row["gateway"]), _ratio_line(n, row, "gateway_", "gateway / triton")]
+        cpu = row.get("gateway_cpu_us_per_token")
+        what = "gateway / triton" + (f"; gateway CPU {cpu:.0f} us/token" if cpu is not None else "")
+        lines += [_path_line(n, "gateway", row["gateway"]), _ratio_line(n, row, "gateway_", what)]
     return "\n".join(lines)
 
 

@@ -52,9 +52,27 @@ def test_bad_image_fields_are_400_or_413() -> None:
     assert refusal("ftp://example.com/a.jpg").status == 400
     assert refusal("data:image/png,").status == 400
     assert refusal("data:image/png;base64,%%%").status == 400
+    assert "not valid base64" in refusal(uri(PNG) + "====").message
+    assert "not valid base64" in refusal("data:image/png;base64,iVBORw0KGgo\u00e9AAAA").message
     assert "not an image" in refusal(uri(b"GIF90a not quite")).message
     assert refusal(uri(PNG), max_bytes=10).status == 413
     assert refusal(" ").status == 400
+
+
+@given(st.binary(max_size=300), st.sampled_from(["plain", "wrapped", "spaced", "urlsafe", "unpadded"]))
+def test_every_base64_spelling_decodes_to_the_same_bytes(tail: bytes, spelling: str) -> None:
+    """Plain padded base64 takes the quick path, the other spellings the tolerant one;
+    both give the image's bytes."""
+    data = PNG + tail
+    text = {
+        "plain": base64.b64encode(data).decode(),
+        "wrapped": base64.encodebytes(data).decode(),
+        "spaced": " ".join(base64.b64encode(data).decode()[i:i + 7] for i in range(0, 4 * len(data), 7)),
+        "urlsafe": base64.urlsafe_b64encode(data).decode(),
+        "unpadded": base64.b64encode(data).decode().rstrip("="),
+    }[spelling]
+    assert decode_image_url(f"data:image/png;base64,{text}", "image_url", 1 << 20) == data
+    assert decode_image_url(text, "image_url", 1 << 20) == data
 
 
 @pytest.mark.parametrize(("data", "kind"), [
