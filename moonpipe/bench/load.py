@@ -17,7 +17,7 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,24 +148,31 @@ async def _one_grpc(client: Any, spec: RequestSpec, trace: Trace) -> None:
     trace.finish_reason = str(result.finish_reason)
 
 
+async def closed_loop(count: int, concurrency: int, run_one: Callable[[int], Awaitable[None]],
+                      timeout: float) -> None:
+    """Run ``run_one(i)`` for every ``i < count`` with ``concurrency`` in flight: each of
+    ``concurrency`` workers takes the next index as soon as its request is done."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await run_one(i)
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
+
+
 async def _grpc_main(url: str, specs: Sequence[RequestSpec], concurrency: int, timeout: float) -> list[Trace]:
     from moonpipe_client import AsyncClient
 
     traces = [Trace(start=0.0) for _ in specs]
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(specs)):
-        queue.put_nowait(i)
-
     async with AsyncClient(url, timeout=timeout) as client:
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await _one_grpc(client, specs[i], traces[i])
-
-        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
+        await closed_loop(len(specs), concurrency, lambda i: _one_grpc(client, specs[i], traces[i]), timeout)
     return traces
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from moonpipe.bench.latency import Trace
-from moonpipe.bench.load import RequestSpec
+from moonpipe.bench.load import RequestSpec, closed_loop
 from moonpipe.triton_local import free_port
 
 __all__ = ["RunningGateway", "run_over_rest", "running_gateway"]
@@ -122,21 +122,16 @@ async def _rest_main(url: str, specs: Sequence[RequestSpec], concurrency: int, t
 
     uris = {spec.image: "data:image/jpeg;base64," + base64.b64encode(spec.image).decode() for spec in specs}
     traces = [Trace(start=0.0) for _ in specs]
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(specs)):
-        queue.put_nowait(i)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                try:
-                    await _one(session, url, _body(specs[i], uris[specs[i].image]), traces[i])
-                except aiohttp.ClientError as exc:
-                    traces[i].end = time.perf_counter()
-                    traces[i].error = f"{type(exc).__name__}: {exc}"
+        async def one(i: int) -> None:
+            try:
+                await _one(session, url, _body(specs[i], uris[specs[i].image]), traces[i])
+            except aiohttp.ClientError as exc:
+                traces[i].end = time.perf_counter()
+                traces[i].error = f"{type(exc).__name__}: {exc}"
 
-        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
+        await closed_loop(len(specs), concurrency, one, timeout)
     return traces
 
 
